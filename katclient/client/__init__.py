@@ -1,0 +1,1 @@
+"""Tornado I/O layer of the KATCP client: connection, backoff, inspecting client."""

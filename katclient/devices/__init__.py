@@ -1,0 +1,1 @@
+"""Virtual KATCP devices backed by foreign protocols (DESIGN.md section 4)."""

@@ -1,0 +1,1 @@
+"""KATCP device server on tornado.tcpserver."""
