@@ -11,7 +11,7 @@ retries (TCP reconnects, failed syncs, foreign-protocol reconnects) calls
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 from katclient.protocol.errors import InvalidUsage
 

@@ -1,0 +1,380 @@
+"""One KATCP client connection over a Tornado ``IOStream``.
+
+Sources: KATCP v5 spec sections 2.4 (message ids, informs belonging to a request) and
+3.2 (``#version-connect``); protocols/katcp.md 1.2 (mids; name matching without flag
+``I``), 1.3/1.4 (protocol detection, v4 vs v5) and 2.8/2.9 (katcp-python's failure
+"replies" and the missing negotiation timeout, which katclient does not repeat).
+
+The connection owns exactly one reader task feeding a sans-I/O
+:class:`~katclient.protocol.Parser` (STYLE.md habit 9); request timeouts live on the
+request futures, never on reads.  Replies are matched by message id when the device
+has flag ``I`` (one counter per connection, wrapping at 2**31-1 and skipping ids
+still in flight), otherwise by name (oldest pending request of that name first).
+Timeouts and disconnects raise :class:`KatclientTimeoutError` and
+:class:`KatclientConnectionError`; a late reply after a timeout is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from tornado.iostream import IOStream, StreamClosedError
+
+from katclient.protocol import (
+    MAX_MID,
+    V4,
+    KatclientConnectionError,
+    KatclientTimeoutError,
+    KatcpSyntaxError,
+    Message,
+    MessageType,
+    Parser,
+    ProtocolError,
+    ProtocolFlags,
+    format_message,
+    parse_line,
+)
+from katclient.protocol.parser import DEFAULT_MAX_LINE_LENGTH
+
+__all__ = ["Connection", "DEFAULT_REQUEST_TIMEOUT", "READ_CHUNK", "MAX_WRITE_BUFFER"]
+
+logger = logging.getLogger(__name__)
+
+#: Timeout for a request when neither the call nor the device's hint gives one (seconds;
+#: katcp-python's AsyncClient default, katcp.md 2.8).
+DEFAULT_REQUEST_TIMEOUT: Final = 5.0
+#: Bytes asked of the socket per read: large enough to carry hundreds of
+#: ``#sensor-status`` lines per wake-up.
+READ_CHUNK: Final = 256 * 1024
+#: Largest outgoing backlog before the connection is declared broken (katcp-python's
+#: client caps its write buffer at 4 MiB, katcp.md 1.1).
+MAX_WRITE_BUFFER: Final = 4 * 1024 * 1024
+#: Most informs kept for one request: ``?sensor-list`` of a 100k-sensor device fits;
+#: a device that streams informs for ever cannot exhaust memory.
+MAX_INFORMS_PER_REQUEST: Final = 1_000_000
+
+ReplyAndInforms = tuple[Message, list[Message]]
+
+
+class _Pending:
+    __slots__ = ("name", "mid", "on_wire_mid", "future", "informs", "timer")
+
+    def __init__(self, name: str, mid: int, on_wire_mid: bool, future: asyncio.Future[ReplyAndInforms]) -> None:
+        self.name = name
+        self.mid = mid
+        self.on_wire_mid = on_wire_mid
+        self.future = future
+        self.informs: list[Message] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Connection:
+    """A KATCP connection: sends requests, matches replies, routes informs.
+
+    :param stream: a connected Tornado ``IOStream``.
+    :param on_inform: called with every inform that does not belong to a pending
+        request (``#version-connect``, ``#interface-changed``, ``#log``...).
+    :param on_close: called once, with the error that closed the connection (or ``None``
+        for a local close), after every pending request has failed.
+    :param fast_lines: optional ``{prefix: handler}``; a complete line starting with
+        ``prefix`` is first given to ``handler(line)`` and is parsed normally only if the
+        handler returns ``False`` (the inspecting client's ``#sensor-status`` fast path).
+    :param max_line_length: the parser's limit in bytes (terminator included).
+    :param protocol: flags to use from the start (``preset_protocol_flags``), else ``None``
+        to detect them from ``#version-connect``/``#version``.
+    """
+
+    def __init__(
+        self,
+        stream: IOStream,
+        on_inform: Callable[[Message], None],
+        on_close: Callable[[BaseException | None], None],
+        *,
+        fast_lines: dict[bytes, Callable[[bytes], bool]] | None = None,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        protocol: ProtocolFlags | None = None,
+        address: tuple[str, int] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.address = address
+        self._on_inform = on_inform
+        self._on_close = on_close
+        self._fast = tuple((fast_lines or {}).items())
+        self._parser = Parser(max_line_length)
+        self._preset = protocol is not None
+        #: Negotiated protocol, or ``None`` until the device announced it.
+        self.protocol: ProtocolFlags | None = protocol
+        #: ``#version-connect`` informs received, as ``{"katcp-protocol": ["5.0-IM"], ...}``.
+        self.versions: dict[str, list[str]] = {}
+        self.protocol_known = asyncio.Event()
+        if protocol is not None:
+            self.protocol_known.set()
+        self._by_mid: dict[int, _Pending] = {}
+        self._by_name: dict[str, collections.deque[_Pending]] = {}
+        self._next_mid = 1
+        self._closed = False
+        self.close_reason: BaseException | None = None
+        stream.max_write_buffer_size = MAX_WRITE_BUFFER
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once the connection ended (either side)."""
+        return self._closed
+
+    @property
+    def pending_count(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._by_mid)
+
+    # -- sending ------------------------------------------------------------------------
+    def _allocate_mid(self) -> int:
+        mid = self._next_mid
+        while mid in self._by_mid:
+            mid = mid + 1 if mid < MAX_MID else 1
+        self._next_mid = mid + 1 if mid < MAX_MID else 1
+        return mid
+
+    async def request(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        use_mid: bool | None = None,
+        mid: int | None = None,
+    ) -> ReplyAndInforms:
+        """Send ``?name args`` and wait for its reply.
+
+        :param name: request name.
+        :param args: arguments (bytes, or values for :func:`~katclient.protocol.encode_argument`).
+        :param timeout: seconds to wait for the reply; ``None`` waits for ever.
+        :param use_mid: put a message id on the wire; ``None`` means "when the device has
+            flag ``I``" (katcp.md 1.2).
+        :param mid: a specific message id (implies ``use_mid``); it must not be in flight.
+        :returns: ``(reply, informs)``; the reply may be ``ok``, ``fail`` or ``invalid``.
+        :raises KatclientTimeoutError: no reply within ``timeout`` seconds (a late reply is dropped).
+        :raises KatclientConnectionError: not connected, or the connection closed before the reply.
+        :raises InvalidUsage: for a bad name, mid or argument.
+        """
+        if self._closed:
+            raise KatclientConnectionError(f"not connected: cannot send ?{name}") from self.close_reason
+        if use_mid is None:
+            use_mid = mid is not None or (self.protocol is not None and self.protocol.message_ids)
+        if mid is None:
+            mid = self._allocate_mid()
+        elif mid in self._by_mid:
+            raise KatclientConnectionError(f"message id {mid} is already in flight")
+        msg = Message(MessageType.REQUEST, name, *args, mid=mid if use_mid else None)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ReplyAndInforms] = loop.create_future()
+        pending = _Pending(name, mid, use_mid, future)
+        self._by_mid[mid] = pending
+        if not use_mid:
+            self._by_name.setdefault(name, collections.deque()).append(pending)
+        if timeout is not None:
+            pending.timer = loop.call_later(timeout, self._expire, pending, timeout)
+        try:
+            self.stream.write(format_message(msg))
+        except StreamClosedError as exc:
+            self._forget(pending)
+            raise KatclientConnectionError(f"connection lost sending ?{name}") from exc
+        except Exception as exc:  # e.g. StreamBufferFullError: the peer stopped reading
+            self._forget(pending)
+            self.close(exc)
+            raise KatclientConnectionError(f"cannot send ?{name}: {exc}") from exc
+        return await future
+
+    def _forget(self, pending: _Pending) -> None:
+        self._by_mid.pop(pending.mid, None)
+        if not pending.on_wire_mid:
+            queue = self._by_name.get(pending.name)
+            if queue is not None:
+                try:
+                    queue.remove(pending)
+                except ValueError:
+                    pass
+                if not queue:
+                    del self._by_name[pending.name]
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+
+    def _expire(self, pending: _Pending, timeout: float) -> None:
+        pending.timer = None
+        self._forget(pending)
+        if not pending.future.done():
+            pending.future.set_exception(
+                KatclientTimeoutError(f"request ?{pending.name} timed out after {timeout:g} s")
+            )
+
+    # -- receiving ----------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        stream = self.stream
+        parser = self._parser
+        fast = self._fast
+        error: BaseException | None = None
+        try:
+            while True:
+                data = await stream.read_bytes(READ_CHUNK, partial=True)
+                for line in parser.feed_lines(data):
+                    if type(line) is not bytes:
+                        logger.warning("%s: %s; line discarded", self._peer(), line)
+                        continue
+                    if fast:
+                        handled = False
+                        for prefix, handler in fast:
+                            if line.startswith(prefix):
+                                handled = handler(line)
+                                break
+                        if handled:
+                            continue
+                    try:
+                        msg = parse_line(line)
+                    except KatcpSyntaxError as exc:
+                        logger.warning("%s: malformed line ignored: %s", self._peer(), exc)
+                        continue
+                    self._dispatch(msg)
+        except StreamClosedError as exc:
+            error = exc.real_error or ConnectionResetError("connection closed by peer")
+        except asyncio.CancelledError:
+            error = None
+        except Exception as exc:  # a bug in a handler must not leave the connection half-alive
+            logger.exception("%s: unexpected error in reader", self._peer())
+            error = exc
+        self._teardown(error)
+
+    def _peer(self) -> str:
+        if self.address is None:
+            return "katcp"
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def _dispatch(self, msg: Message) -> None:
+        mtype = msg[0]
+        if mtype is MessageType.REPLY:
+            self._handle_reply(msg)
+        elif mtype is MessageType.INFORM:
+            pending = self._owner_of_inform(msg)
+            if pending is not None:
+                if len(pending.informs) < MAX_INFORMS_PER_REQUEST:
+                    pending.informs.append(msg)
+                return
+            self._handle_protocol_inform(msg)
+            self._on_inform(msg)
+        else:
+            logger.warning("%s: ignoring request from the device: %s", self._peer(), msg)
+
+    def _owner_of_inform(self, msg: Message) -> _Pending | None:
+        mid = msg[2]
+        if mid is not None:
+            pending = self._by_mid.get(mid)
+            if pending is not None and pending.on_wire_mid and pending.name == msg[1]:
+                return pending
+            return None
+        queue = self._by_name.get(msg[1])
+        if queue:
+            return queue[0]
+        return None
+
+    def _handle_reply(self, msg: Message) -> None:
+        mid = msg[2]
+        pending: _Pending | None
+        if mid is not None:
+            pending = self._by_mid.get(mid)
+            if pending is None or not pending.on_wire_mid or pending.name != msg[1]:
+                logger.debug("%s: dropping reply with no pending request: %s", self._peer(), msg)
+                return
+        else:
+            queue = self._by_name.get(msg[1])
+            if not queue:
+                logger.debug("%s: dropping reply with no pending request: %s", self._peer(), msg)
+                return
+            pending = queue[0]
+        self._forget(pending)
+        if not pending.future.done():
+            pending.future.set_result((msg, pending.informs))
+
+    def _handle_protocol_inform(self, msg: Message) -> None:
+        name = msg[1]
+        if name == "version-connect" and msg[3]:
+            args = msg.text_arguments()
+            self.versions.setdefault(args[0], []).extend(args[1:])
+            if args[0] == "katcp-protocol" and len(args) > 1:
+                self._set_protocol(args[1])
+        elif name in ("version", "build-state") and self.protocol is None:
+            self.versions.setdefault(name, []).extend(msg.text_arguments())
+            self._set_detected(V4)
+
+    def _set_protocol(self, text: str) -> None:
+        try:
+            flags = ProtocolFlags.parse(text)
+        except ProtocolError as exc:
+            logger.warning("%s: %s; ignored", self._peer(), exc)
+            return
+        if self._preset:
+            if flags != self.protocol:
+                logger.warning(
+                    "%s: device announces %s but flags were preset to %s; keeping the preset",
+                    self._peer(), flags, self.protocol,
+                )
+            return
+        self._set_detected(flags)
+
+    def _set_detected(self, flags: ProtocolFlags) -> None:
+        if self.protocol is not None and self.protocol != flags:
+            logger.warning("%s: protocol changed from %s to %s", self._peer(), self.protocol, flags)
+        self.protocol = flags
+        self.protocol_known.set()
+
+    def assume_protocol(self, flags: ProtocolFlags) -> None:
+        """Use ``flags`` because the device never announced its protocol (negotiation timeout)."""
+        if self.protocol is None:
+            self.protocol = flags
+            self.protocol_known.set()
+
+    # -- closing ------------------------------------------------------------------------
+    def close(self, reason: BaseException | None = None) -> None:
+        """Close the socket and fail every pending request with :class:`KatclientConnectionError`."""
+        if self._closed:
+            return
+        self.close_reason = reason
+        self.stream.close()
+        # The reader sees StreamClosedError and tears down; make it prompt if it is not reading.
+        self._reader.cancel()
+        self._teardown(reason)
+
+    def _teardown(self, error: BaseException | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.close_reason is None:
+            self.close_reason = error
+        if not self.stream.closed():
+            self.stream.close()
+        pendings = list(self._by_mid.values())
+        self._by_mid.clear()
+        self._by_name.clear()
+        for pending in pendings:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if not pending.future.done():
+                exc = KatclientConnectionError(f"connection lost while waiting for !{pending.name}")
+                exc.__cause__ = error
+                pending.future.set_exception(exc)
+        try:
+            self._on_close(self.close_reason)
+        except Exception:
+            logger.exception("%s: error in close callback", self._peer())
+
+    async def wait_closed(self) -> None:
+        """Wait until the reader task ended."""
+        if not self._reader.done():
+            try:
+                await asyncio.shield(self._reader)
+            except asyncio.CancelledError:
+                if not self._reader.cancelled():
+                    raise
