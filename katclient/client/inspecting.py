@@ -501,7 +501,7 @@ class InspectingClientAsync:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self.last_error = exc
+                    self.last_error = _without_traceback(exc)
                     self._logger.debug("%s:%s connect failed: %s", self.host, self.port, exc)
                     if not self.auto_reconnect:
                         break
@@ -555,7 +555,7 @@ class InspectingClientAsync:
 
         def on_close(exc: BaseException | None) -> None:
             if exc is not None:
-                self.last_error = exc
+                self.last_error = _without_traceback(exc)
             if wake is not None:
                 wake.set()
 
@@ -618,7 +618,7 @@ class InspectingClientAsync:
             except (SyncError, KatclientTimeoutError) as exc:
                 if conn.closed:
                     return
-                self.last_error = exc
+                self.last_error = _without_traceback(exc)
                 self._logger.warning(
                     "%s:%s sync failed (%s); retrying in %.2f s",
                     self.host, self.port, exc, self.resync_delay.delay,
@@ -1071,8 +1071,7 @@ class InspectingClientAsync:
         conn = self._require_conn()
         found = await self._fetch_sensors(conn, name, asyncio.get_running_loop().time() + self.sync_timeout)
         if name in found:
-            self._request_resync()
-            await self.until_synced(self.sync_timeout)
+            await self._resync_now()
         return name in self._sensor_info
 
     async def future_check_request(self, name: str, update: bool | None = None) -> bool:
@@ -1085,8 +1084,7 @@ class InspectingClientAsync:
         conn = self._require_conn()
         found = await self._fetch_requests(conn, name, asyncio.get_running_loop().time() + self.sync_timeout)
         if name in found:
-            self._request_resync()
-            await self.until_synced(self.sync_timeout)
+            await self._resync_now()
         return name in self._request_info
 
     async def future_get_sensor(self, name: str, update: bool | None = None) -> Any:
@@ -1101,10 +1099,25 @@ class InspectingClientAsync:
             return self._requests.get(name)
         return None
 
-    def _request_resync(self) -> None:
+    async def _resync_now(self) -> None:
+        """Re-inspect through the state loop (so state callbacks see the change) and wait for it."""
         self._interface_changed = True
         if self._wake is not None:
             self._wake.set()
+        if self._state.synced:
+            await self.until_not_synced(self.sync_timeout)
+        await self.until_synced(self.sync_timeout)
+
+
+def _without_traceback(exc: BaseException) -> BaseException:
+    """Drop the traceback of a kept error (and of its causes): frames would pin the client in memory."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return exc
 
 
 def _reason(reply: Message) -> str:
