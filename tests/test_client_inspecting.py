@@ -427,7 +427,7 @@ async def test_stop_in_every_state_leaks_nothing(where: str) -> None:
     await asyncio.sleep(0)
     assert asyncio.all_tasks() - tasks_before - {asyncio.current_task()} == set()
     ref = weakref.ref(client)
-    del client
+    client = None  # the only strong reference
     gc.collect()
     assert ref() is None
     hang.set()
