@@ -23,6 +23,9 @@ setup(
             "async-solipsism>=0.5",
             "pytest-asyncio>=0.23",
             "aiokatcp>=2.0",
+            # The real PyOpticon socket client, tested against our fake dashboard
+            # (its socket_client.py is loaded by path: no Tk needed).
+            "pyopticon>=0.2",
         ],
         "bench": ["aiokatcp>=2.0", "psutil>=5"],
         "doc": ["sphinx>=7", "sphinx-rtd-theme>=1"],
