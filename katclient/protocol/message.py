@@ -46,17 +46,7 @@ class MessageType(enum.Enum):
     INFORM = "#"
 
 
-#: Escape table (katcp.md 1.1): raw byte -> escape sequence.  ``\@`` (empty
-#: argument) is handled separately because it has no raw counterpart.
-_ESCAPES: Final[dict[bytes, bytes]] = {
-    b"\\": b"\\\\",
-    b" ": b"\\_",
-    b"\0": b"\\0",
-    b"\n": b"\\n",
-    b"\r": b"\\r",
-    b"\x1b": b"\\e",
-    b"\t": b"\\t",
-}
+#: Bytes that must be escaped (katcp.md 1.1); :func:`escape` holds the table.
 _ESCAPE_RE: Final = re.compile(rb"[\\ \0\n\r\x1b\t]")
 
 #: Reverse table: the character after a backslash -> the bytes it stands for.
@@ -72,10 +62,6 @@ unescape_table: Final[dict[bytes, bytes]] = {
 }
 
 
-def _escape_match(m: re.Match[bytes]) -> bytes:
-    return _ESCAPES[m.group()]
-
-
 def escape(arg: bytes) -> bytes:
     """Escape one argument for the wire (katcp.md 1.1 and 5.2).
 
@@ -86,7 +72,17 @@ def escape(arg: bytes) -> bytes:
         return b"\\@"
     if _ESCAPE_RE.search(arg) is None:
         return arg
-    return _ESCAPE_RE.sub(_escape_match, arg)
+    # A chain of replace() calls is 2-3x faster than re.sub with a callback; the
+    # backslash goes first so the escapes added later are not escaped again.
+    return (
+        arg.replace(b"\\", b"\\\\")
+        .replace(b" ", b"\\_")
+        .replace(b"\0", b"\\0")
+        .replace(b"\n", b"\\n")
+        .replace(b"\r", b"\\r")
+        .replace(b"\x1b", b"\\e")
+        .replace(b"\t", b"\\t")
+    )
 
 
 def encode_argument(value: Any) -> bytes:
@@ -103,14 +99,7 @@ def encode_argument(value: Any) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
-    if isinstance(value, bool):
-        return b"1" if value else b"0"
-    if isinstance(value, int):
-        return b"%d" % value
-    if isinstance(value, float):
-        return repr(value).encode("ascii")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
+    # Enums (Status, Lru, user enums) before int: an IntEnum must go out by name.
     katcp_bytes = getattr(value, "katcp_bytes", None)
     if katcp_bytes is not None:
         return katcp_bytes()  # type: ignore[no-any-return]
@@ -119,6 +108,14 @@ def encode_argument(value: Any) -> bytes:
         if kv is not None:
             return encode_argument(kv)
         return value.name.lower().replace("_", "-").encode("ascii")
+    if isinstance(value, bool):
+        return b"1" if value else b"0"
+    if isinstance(value, int):
+        return b"%d" % value
+    if isinstance(value, float):
+        return repr(value).encode("ascii")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
     raise InvalidUsage(f"cannot encode {type(value).__name__} value {value!r} as a KATCP argument")
 
 

@@ -265,7 +265,11 @@ class SensorType:
                     raise ValueError("not an integer")
                 return int(value)
             if name == "boolean":
-                return bool(value)
+                if value in (True, False, 1, 0):  # bool, 0/1 ints and floats
+                    return bool(value)
+                if value in ("1", b"1", "0", b"0"):
+                    return value in ("1", b"1")
+                raise ValueError("not a boolean (use True/False or 1/0)")
             if name == "timestamp":
                 v = float(value)
                 if not math.isfinite(v):
