@@ -54,12 +54,12 @@ class CliError(Exception):
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, enum.Enum):  # before int: Lru and Status are IntEnums
+        return value.name.lower()
     if isinstance(value, bool) or value is None or isinstance(value, (int, float, str)):
         return value
     if isinstance(value, Address):
         return str(value)
-    if isinstance(value, enum.Enum):
-        return value.name.lower()
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     return str(value)
