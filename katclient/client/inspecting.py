@@ -542,9 +542,10 @@ class InspectingClientAsync:
                 if self._cb_task is not None:
                     self._cb_task.cancel()
                     self._cb_task = None
+                reason = f": {self.last_error}" if self.last_error is not None else ""
                 for _, future in self._waiters:
                     if not future.done():
-                        future.cancel()
+                        future.set_exception(KatclientConnectionError(f"client stopped{reason}"))
                 self._waiters.clear()
                 if self._stopped is not None:
                     self._stopped.set()
