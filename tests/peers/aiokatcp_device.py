@@ -44,7 +44,8 @@ import ipaddress
 import logging
 import signal
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import aiokatcp
 from aiokatcp import Address, DeviceServer, FailReply, RequestContext, Sensor, Timestamp
@@ -145,7 +146,7 @@ class PeerServerBase(DeviceServer):
             n += 1
         return n
 
-    async def request_bench_updates(self, ctx: RequestContext, rounds: int) -> Tuple[int, float]:
+    async def request_bench_updates(self, ctx: RequestContext, rounds: int) -> tuple[int, float]:
         """Update every sensor ROUNDS times in a tight loop (drain between rounds).
 
         Replies with the number of sensor updates made and the elapsed seconds.
@@ -188,7 +189,7 @@ class PeerServerBase(DeviceServer):
 
 
 def build_server_class(n_requests: int, protocol: str) -> type:
-    attrs: Dict[str, Any] = {"PROTOCOL": protocol}
+    attrs: dict[str, Any] = {"PROTOCOL": protocol}
     for i in range(n_requests):
         req_name = f"req-{i:05d}"
         attrs["request_" + req_name.replace("-", "_")] = make_request_handler(req_name)
