@@ -80,9 +80,10 @@ class Connection:
         request (``#version-connect``, ``#interface-changed``, ``#log``...).
     :param on_close: called once, with the error that closed the connection (or ``None``
         for a local close), after every pending request has failed.
-    :param fast_lines: optional ``{prefix: handler}``; a complete line starting with
-        ``prefix`` is first given to ``handler(line)`` and is parsed normally only if the
-        handler returns ``False`` (the inspecting client's ``#sensor-status`` fast path).
+    :param line_batch: optional ``line_batch(lines, slow)``: receives each read's list of
+        complete lines (``bytes``, or a :class:`KatcpSyntaxError` for an over-long line) and
+        must call ``slow(line)`` for every item it does not handle itself, in stream order
+        (the inspecting client's ``#sensor-status`` fast path).
     :param max_line_length: the parser's limit in bytes (terminator included).
     :param protocol: flags to use from the start (``preset_protocol_flags``), else ``None``
         to detect them from ``#version-connect``/``#version``.
@@ -94,7 +95,8 @@ class Connection:
         on_inform: Callable[[Message], None],
         on_close: Callable[[BaseException | None], None],
         *,
-        fast_lines: dict[bytes, Callable[[bytes], bool]] | None = None,
+        line_batch: Callable[[list[bytes | KatcpSyntaxError], Callable[[bytes | KatcpSyntaxError], None]], None]
+        | None = None,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         protocol: ProtocolFlags | None = None,
         address: tuple[str, int] | None = None,
@@ -103,7 +105,7 @@ class Connection:
         self.address = address
         self._on_inform = on_inform
         self._on_close = on_close
-        self._fast = tuple((fast_lines or {}).items())
+        self._line_batch = line_batch
         self._parser = Parser(max_line_length)
         self._preset = protocol is not None
         #: Negotiated protocol, or ``None`` until the device announced it.
@@ -216,29 +218,18 @@ class Connection:
     async def _read_loop(self) -> None:
         stream = self.stream
         parser = self._parser
-        fast = self._fast
+        batch = self._line_batch
+        handle = self._handle_line
         error: BaseException | None = None
         try:
             while True:
                 data = await stream.read_bytes(READ_CHUNK, partial=True)
-                for line in parser.feed_lines(data):
-                    if type(line) is not bytes:
-                        logger.warning("%s: %s; line discarded", self._peer(), line)
-                        continue
-                    if fast:
-                        handled = False
-                        for prefix, handler in fast:
-                            if line.startswith(prefix):
-                                handled = handler(line)
-                                break
-                        if handled:
-                            continue
-                    try:
-                        msg = parse_line(line)
-                    except KatcpSyntaxError as exc:
-                        logger.warning("%s: malformed line ignored: %s", self._peer(), exc)
-                        continue
-                    self._dispatch(msg)
+                lines = parser.feed_lines(data)
+                if batch is not None:
+                    batch(lines, handle)
+                else:
+                    for line in lines:
+                        handle(line)
         except StreamClosedError as exc:
             error = exc.real_error or ConnectionResetError("connection closed by peer")
         except asyncio.CancelledError:
@@ -247,6 +238,18 @@ class Connection:
             logger.exception("%s: unexpected error in reader", self._peer())
             error = exc
         self._teardown(error)
+
+    def _handle_line(self, line: bytes | KatcpSyntaxError) -> None:
+        """Parse and dispatch one line; a bad line is logged and dropped (nothing else is lost)."""
+        if type(line) is not bytes:
+            logger.warning("%s: %s; line discarded", self._peer(), line)
+            return
+        try:
+            msg = parse_line(line)
+        except KatcpSyntaxError as exc:
+            logger.warning("%s: malformed line ignored: %s", self._peer(), exc)
+            return
+        self._dispatch(msg)
 
     def _peer(self) -> str:
         if self.address is None:

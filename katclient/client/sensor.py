@@ -71,7 +71,7 @@ class Sensor:
         self.params = tuple(params)
         #: The latest :class:`~katclient.protocol.Reading` (timestamp seconds, status, value).
         self.reading = Reading(0.0, _UNKNOWN, self.type.default)
-        self._observers: list[Observer] | None = None
+        self._observers: tuple[Observer, ...] | None = None
 
     # -- reading access ----------------------------------------------------------------
     @property
@@ -95,18 +95,18 @@ class Sensor:
         return self.type.name
 
     # -- observers ---------------------------------------------------------------------
+    # The observer tuple is replaced, never mutated, so notifying needs no copy and an
+    # observer may attach or detach observers while being called.
     def attach(self, observer: Observer) -> None:
         """Call ``observer(sensor, reading)`` on every new reading."""
-        if self._observers is None:
-            self._observers = []
-        self._observers.append(observer)
+        self._observers = (*(self._observers or ()), observer)
 
     def detach(self, observer: Observer) -> None:
         """Stop calling ``observer``; unknown observers are ignored."""
         if self._observers and observer in self._observers:
-            self._observers.remove(observer)
-            if not self._observers:
-                self._observers = None
+            rest = list(self._observers)
+            rest.remove(observer)
+            self._observers = tuple(rest) or None
 
     @property
     def observers(self) -> tuple[Observer, ...]:
@@ -119,7 +119,7 @@ class Sensor:
             self._notify(reading)
 
     def _notify(self, reading: Reading) -> None:
-        for observer in tuple(self._observers or ()):
+        for observer in self._observers or ():
             try:
                 observer(self, reading)
             except Exception:

@@ -132,7 +132,7 @@ class Parser:
                 return out
             data = data[m.end():]
             self._discarding = False
-        elif _EOL.search(data) is None:
+        elif 10 not in data and 13 not in data:
             # No line ends here: just accumulate, bounded.
             self._partial += data
             if len(self._partial) >= limit:
@@ -141,7 +141,8 @@ class Parser:
         if self._partial:
             data = bytes(self._partial) + data
             self._partial = bytearray()
-        lines = _EOL.split(data)
+        # bytes.split is several times faster than the regex; CR is rare on the wire.
+        lines = _EOL.split(data) if 13 in data else data.split(b"\n")
         tail = lines.pop()
         for line in lines:
             if not line:
