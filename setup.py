@@ -33,6 +33,7 @@ setup(
     },
     entry_points={
         "console_scripts": ["katclient = katclient.cli:main"],
+        "pytest11": ["katclient = katclient.testing"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
