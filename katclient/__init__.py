@@ -6,6 +6,7 @@ The main names are re-exported here; the layers are :mod:`katclient.protocol`
 """
 
 from katclient.client.backoff import ExponentialRandomBackoff
+from katclient.client.blocking import BlockingClient, Events, PendingRequest
 from katclient.client.inspecting import Changes, InspectingClientAsync, ModelChanges
 from katclient.client.sensor import RequestType, Sensor
 from katclient.client.state import InspectingClientStateType
@@ -27,7 +28,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Address",
+    "BlockingClient",
     "Changes",
+    "Events",
     "ExponentialRandomBackoff",
     "FailReply",
     "InspectingClientAsync",
@@ -41,6 +44,7 @@ __all__ = [
     "Message",
     "ModelChanges",
     "OperationFailure",
+    "PendingRequest",
     "ProtocolError",
     "ProtocolFlags",
     "Reading",

@@ -501,7 +501,9 @@ class InspectingClientAsync:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self.last_error = _without_traceback(exc)
+                    # Tornado reports a refused connect as StreamClosedError; keep the real cause.
+                    _without_traceback(exc)
+                    self.last_error = _without_traceback(getattr(exc, "real_error", None) or exc)
                     self._logger.debug("%s:%s connect failed: %s", self.host, self.port, exc)
                     if not self.auto_reconnect:
                         break
