@@ -475,3 +475,28 @@ async def test_real_tcp_listener() -> None:
     await dev.stop()
     await c.wait_closed()
     await c.close()
+
+
+async def test_async_handler_with_bad_arguments_gets_a_fail_reply() -> None:
+    from katclient.server import DeviceServer
+    from katclient.server.testing import LineClient
+
+    class Dev(DeviceServer):
+        async def request_add(self, ctx, a: int, b: int) -> int:
+            """Add two integers."""
+            return a + b
+
+    dev = Dev()
+    host, port = await dev.start()
+    client = await LineClient.connect(host, port)
+    try:
+        for args, expected in ((("1", "2"), b"!add ok 3"), (("x", "2"), b"!add fail"), (("1",), b"!add fail")):
+            client.send("add", *args)
+            while True:
+                msg = await client.next_message()
+                if msg.name == "add":
+                    break
+            assert bytes(msg).startswith(expected), msg
+    finally:
+        await client.close()
+        await dev.stop()

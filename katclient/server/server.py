@@ -509,7 +509,13 @@ class DeviceServer:
         conn.add_task(task)
 
     async def _run_async(self, handler: RequestHandler, ctx: RequestContext) -> None:
-        await self._await_result(handler(ctx, ctx.request.arguments), ctx)
+        try:
+            # Decoding the arguments happens in this call: a bad argument must get a reply too.
+            awaitable = handler(ctx, ctx.request.arguments)
+        except Exception as exc:
+            self._reply_error(ctx, exc)
+            return
+        await self._await_result(awaitable, ctx)
 
     async def _await_result(self, awaitable: Awaitable[Any], ctx: RequestContext) -> None:
         try:
