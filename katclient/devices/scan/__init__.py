@@ -5,6 +5,7 @@
 - :mod:`~katclient.devices.scan.language`: a ply grammar for typing a scan as text.
 - :mod:`~katclient.devices.scan.model`: sans-I/O parsing of replies (``ScanInfo`` etc.), errors.
 - :mod:`~katclient.devices.scan.client`: the Tornado ``ScanClient``.
+- :mod:`~katclient.devices.scan.device`: ``ScanDevice``, the virtual KATCP device (``scan://``).
 
 Facts: protocols/scan-server.md.
 """
@@ -28,6 +29,7 @@ from katclient.devices.scan.commands import (
     addressed,
     parse_commands,
 )
+from katclient.devices.scan.device import ScanDevice
 from katclient.devices.scan.language import ScanSyntaxError, format_scan, load_scan, parse_scan
 from katclient.devices.scan.model import (
     DONE_STATES,
@@ -49,6 +51,7 @@ from katclient.devices.scan.model import (
 
 __all__ = [
     "ScanClient",
+    "ScanDevice",
     "DEFAULT_URL",
     "DEFAULT_PORT",
     "Command",
