@@ -48,12 +48,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import enum
-import functools
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, ParamSpec, TypeVar
+from typing import Any, ClassVar, Final
 
 from katclient.client.backoff import ExponentialRandomBackoff
 from katclient.devices.base import VirtualDevice
@@ -284,26 +283,6 @@ class CommandsFormat(enum.Enum):
     TEXT = "text"
     XML = "xml"
     BOTH = "both"
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _decode_first(func: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """Declare a coroutine request handler as a plain function that returns its coroutine.
-
-    The DeviceServer decodes a plain handler's arguments inside its error handling, so a bad or
-    missing argument gets a ``fail`` reply; for an ``async def`` handler it currently decodes them
-    in the spawned task outside that handling, and the client gets no reply at all.  Signature,
-    docstring (the ``?help`` text) and timeout hint are kept.
-    """
-
-    @functools.wraps(func)
-    def handler(*args: _P.args, **kwargs: _P.kwargs) -> Coroutine[Any, Any, _R]:
-        return func(*args, **kwargs)
-
-    return handler
 
 
 # --------------------------------------------------------------------------------------------------
@@ -611,7 +590,6 @@ class ScanDevice(VirtualDevice):
 
     # -- requests: submit and simulate -----------------------------------------------------------
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_submit(self, ctx: RequestContext, name: str, commands: str, *options: str) -> int:
         """Submit a scan: scan-submit NAME COMMANDS [queue=BOOL] [timeout=S] [deadline=TIME] [pre-post=BOOL].
 
@@ -632,7 +610,6 @@ class ScanDevice(VirtualDevice):
         return scan_id
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_simulate(self, ctx: RequestContext, commands: str) -> float:
         """Simulate a scan: scan-simulate COMMANDS (XML or the text scan language).
 
@@ -652,7 +629,6 @@ class ScanDevice(VirtualDevice):
 
     # -- requests: information ---------------------------------------------------------------------
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_info(self, ctx: RequestContext, scan_id: int) -> tuple[Any, ...]:
         """Describe one scan: scan-info ID.
 
@@ -665,7 +641,6 @@ class ScanDevice(VirtualDevice):
         return scan_fields(info)
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_list(self, ctx: RequestContext) -> None:
         """List the scans the server knows, newest first.
 
@@ -677,7 +652,6 @@ class ScanDevice(VirtualDevice):
         ctx.informs(scan_fields(i) for i in infos)
 
     @timeout_hint(WAIT_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_wait(
         self, ctx: RequestContext, scan_id: int, timeout: float | None = None
     ) -> tuple[Any, ...]:
@@ -715,7 +689,6 @@ class ScanDevice(VirtualDevice):
                 info = fresh if fresh is not None else info
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_data(self, ctx: RequestContext, scan_id: int) -> None:
         """List the data a scan logged: scan-data ID.
 
@@ -735,14 +708,12 @@ class ScanDevice(VirtualDevice):
         ctx.informs((dev, serial, time_ms / 1000.0, value) for serial, _, dev, time_ms, value in samples)
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_last_serial(self, ctx: RequestContext, scan_id: int) -> int:
         """The last data serial a scan handed out: scan-last-serial ID.  Replies ok SERIAL (-1: none)."""
         with self._server_call():
             return await self.client.last_serial(scan_id)
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_commands(
         self, ctx: RequestContext, scan_id: int, format: CommandsFormat | None = None
     ) -> tuple[str, ...]:
@@ -764,7 +735,6 @@ class ScanDevice(VirtualDevice):
         return (text,) if fmt is CommandsFormat.TEXT else (text, xml)
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_devices(self, ctx: RequestContext, scan_id: int | None = None) -> None:
         """The devices of a scan, or the server's default devices: scan-devices [ID].
 
@@ -776,7 +746,6 @@ class ScanDevice(VirtualDevice):
         ctx.informs((d.name, d.alias, d.status) for d in devices)
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_server_info(self, ctx: RequestContext) -> None:
         """Describe the scan server (GET /server/info).
 
@@ -800,7 +769,6 @@ class ScanDevice(VirtualDevice):
 
     # -- requests: control ---------------------------------------------------------------------------
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_pause(self, ctx: RequestContext, scan_id: int | None = None) -> None:
         """Pause a Running scan before its next command: scan-pause [ID] (no ID: all scans)."""
         with self._server_call():
@@ -808,7 +776,6 @@ class ScanDevice(VirtualDevice):
         await self._after_change()
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_resume(self, ctx: RequestContext, scan_id: int | None = None) -> None:
         """Resume a Paused scan: scan-resume [ID] (no ID: all scans)."""
         with self._server_call():
@@ -816,7 +783,6 @@ class ScanDevice(VirtualDevice):
         await self._after_change()
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_abort(self, ctx: RequestContext, scan_id: int | None = None) -> None:
         """Abort an Idle, Running or Paused scan: scan-abort [ID] (no ID: all scans)."""
         with self._server_call():
@@ -824,7 +790,6 @@ class ScanDevice(VirtualDevice):
         await self._after_change()
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_next(self, ctx: RequestContext, scan_id: int | None = None) -> None:
         """Finish the current command early (Delay, Wait, a Set's wait, a Loop step): scan-next [ID]."""
         with self._server_call():
@@ -832,7 +797,6 @@ class ScanDevice(VirtualDevice):
         await self._after_change()
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_move(self, ctx: RequestContext, scan_id: int, steps: int) -> None:
         """Reorder a queued Idle scan: scan-move ID STEPS (positive: earlier in the queue)."""
         with self._server_call():
@@ -840,7 +804,6 @@ class ScanDevice(VirtualDevice):
         await self._after_change()
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_patch(self, ctx: RequestContext, scan_id: int, address: int, property: str,
                                  value: str) -> None:
         """Change a command that has not run yet: scan-patch ID ADDRESS PROPERTY VALUE.
@@ -853,7 +816,6 @@ class ScanDevice(VirtualDevice):
         await self._after_change()
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_delete(self, ctx: RequestContext, scan_id: int) -> None:
         """Remove a done scan and its data: scan-delete ID.
 
@@ -867,7 +829,6 @@ class ScanDevice(VirtualDevice):
         await self._after_change()
 
     @timeout_hint(HTTP_TIMEOUT_HINT)
-    @_decode_first
     async def request_scan_clear(self, ctx: RequestContext) -> None:
         """Remove every done scan (Finished, Failed, Aborted, Logged) and its data."""
         with self._server_call():
