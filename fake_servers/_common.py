@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 __all__ = ["base_parser", "announce", "serve_until_signalled"]
 
