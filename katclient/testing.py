@@ -207,3 +207,28 @@ katcp_device_factory = _factory("katcp_device")
 scrutiny_server_factory = _factory("scrutiny_server")
 opticon_dashboard_factory = _factory("opticon_dashboard")
 scan_server_factory = _factory("scan_server")
+
+
+@pytest.fixture
+def inspecting_client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A :class:`katclient.BlockingClient` connected and synced to a target.
+
+    The target comes from ``@pytest.mark.inspecting_client(target="HOST:PORT")`` (any
+    TARGET string, virtual devices included; other marker options go to
+    ``BlockingClient.connect``), else from the ``katcp_device`` fixture.  It is
+    disconnected, with its thread joined, after the test.
+    """
+    from katclient.client.blocking import BlockingClient
+
+    marker = request.node.get_closest_marker("inspecting_client")
+    options = dict(marker.kwargs) if marker is not None else {}
+    target = options.pop("target", None)
+    if target is None:
+        target = request.getfixturevalue("katcp_device").target
+    options.setdefault("timeout", FAKE_START_TIMEOUT)
+    client = BlockingClient(name="pytest")
+    client.connect(target, wait_synced=True, **options)
+    try:
+        yield client
+    finally:
+        client.disconnect()

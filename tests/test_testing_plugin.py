@@ -52,3 +52,16 @@ async def test_scrutiny_and_opticon_fixtures(scrutiny_server, opticon_dashboard)
     async with OpticonClient(*opticon_dashboard.address) as dash:
         fields = await dash.list_fields()
         assert fields
+
+
+def test_inspecting_client_fixture_syncs_to_the_default_device(inspecting_client) -> None:
+    assert inspecting_client.get_status().synced
+    assert "sensor.00000" in inspecting_client.sensors
+    reply, _ = inspecting_client.simple_request("watchdog")
+    assert reply.reply_ok()
+
+
+@pytest.mark.katcp_device(sensors=3, protocol="4.0")
+def test_inspecting_client_fixture_follows_katcp_device_marker(inspecting_client) -> None:
+    assert len(inspecting_client.sensors) == 3
+    assert str(inspecting_client.get_status().protocol).startswith("4.0")
