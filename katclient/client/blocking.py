@@ -67,6 +67,7 @@ from katclient.client.events import (
 from katclient.client.inspecting import InspectingClientAsync, ModelChanges, StreamFactory, raise_for_reply
 from katclient.client.sensor import RequestType, Sensor
 from katclient.client.state import DISCONNECTED, InspectingClientStateType
+from katclient.client.timeouts import DEFAULT, Timeout
 from katclient.errors import (
     InvalidUsage,
     KatclientConnectionError,
@@ -95,18 +96,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class _Default(enum.Enum):
-    DEFAULT = "default"
-
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-#: Sentinel for "use the client's default timeout" (STYLE.md habit 14).
-DEFAULT: Final = _Default.DEFAULT
-
-#: A timeout argument: float seconds, ``None`` (wait for ever) or :data:`DEFAULT`.
-Timeout = float | None | _Default
 
 #: Seconds to wait for a new I/O thread's event loop to start running.
 IO_START_TIMEOUT: Final = 10.0

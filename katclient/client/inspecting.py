@@ -47,6 +47,7 @@ from katclient.client.state import (
     InspectingClientStateType,
     next_state,
 )
+from katclient.client.timeouts import DEFAULT, Timeout
 from katclient.protocol import (
     STATUS_FROM_WIRE,
     V4,
@@ -762,8 +763,8 @@ class InspectingClientAsync:
             raise KatclientConnectionError(f"not connected to {self.host}:{self.port}")
         return conn
 
-    def _timeout_for(self, name: str, timeout: float | None) -> float:
-        if timeout is not None:
+    def _timeout_for(self, name: str, timeout: Timeout) -> float | None:
+        if timeout is not DEFAULT:
             return timeout
         info = self._request_info.get(name)
         if info is not None and info.timeout_hint:
@@ -774,13 +775,14 @@ class InspectingClientAsync:
         self,
         request: str,
         *args: Any,
-        timeout: float | None = None,
+        timeout: Timeout = DEFAULT,
         mid: int | None = None,
         use_mid: bool | None = None,
     ) -> tuple[Message, list[Message]]:
         """Send ``?request args`` and return ``(reply, informs)``.
 
-        :param timeout: seconds; default: the request's timeout hint, else :attr:`request_timeout`.
+        :param timeout: seconds; :data:`DEFAULT`: the request's timeout hint, else
+            :attr:`request_timeout`; ``None`` waits for ever.
         :param mid: explicit message id; :param use_mid: force mids on or off.
         :returns: the reply (``ok``, ``fail`` or ``invalid``: check ``reply.reply_ok()``) and informs.
         :raises KatclientTimeoutError: no reply in time.
@@ -797,7 +799,7 @@ class InspectingClientAsync:
         return reply, informs
 
     async def request_ok(
-        self, request: str, *args: Any, timeout: float | None = None
+        self, request: str, *args: Any, timeout: Timeout = DEFAULT
     ) -> tuple[Message, list[Message]]:
         """Like :meth:`simple_request` but raise for a reply that is not ``ok``.
 
@@ -985,7 +987,7 @@ class InspectingClientAsync:
         return s
 
     async def set_sampling(
-        self, name: str, strategy: str | Strategy, *params: Any, timeout: float | None = None
+        self, name: str, strategy: str | Strategy, *params: Any, timeout: Timeout = DEFAULT
     ) -> None:
         """Set and remember the sampling strategy of one sensor (kept across reconnects and re-syncs).
 
