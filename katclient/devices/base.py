@@ -36,6 +36,9 @@ __all__ = ["VirtualDevice", "NameMap", "katcp_name"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds :meth:`VirtualDevice.on_stop` waits for the backend task after cancelling it.
+BACKEND_STOP_TIMEOUT: Final = 5.0
+
 _BAD_CHARS: Final = re.compile(r"[^a-z0-9.-]+")
 _DOTS: Final = re.compile(r"\.{2,}")
 _DASHES: Final = re.compile(r"-{2,}")
@@ -176,6 +179,11 @@ class VirtualDevice(DeviceServer):
         self.backend_ready: asyncio.Event = asyncio.Event()
         self.last_backend_error: BaseException | None = None
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` began: backend loops should end at their next check."""
+        return self._backend_stop is not None and self._backend_stop.is_set()
+
     @classmethod
     def from_target(
         cls, host: str, port: int, *, listen_host: str = "127.0.0.1", listen_port: int = 0, **options: Any
@@ -201,10 +209,11 @@ class VirtualDevice(DeviceServer):
         task = self._backend_task
         if task is not None and not task.done():
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            # asyncio.wait neither raises nor swallows our own cancellation; before Python
+            # 3.12 a wait_for inside the task can swallow the cancel, so bound the wait.
+            await asyncio.wait({task}, timeout=BACKEND_STOP_TIMEOUT)
+            if not task.done():
+                logger.warning("%s: backend task did not end within %g s", type(self).__name__, BACKEND_STOP_TIMEOUT)
         self._backend_task = None
         await self.close_backend()
 
@@ -228,10 +237,11 @@ class VirtualDevice(DeviceServer):
                 await self.close_backend()
             except Exception:
                 logger.exception("%s: error closing the backend", type(self).__name__)
+            stop_waiter = asyncio.ensure_future(self._backend_stop.wait())
             try:
-                await asyncio.wait_for(self._backend_stop.wait(), self.reconnect_delay.delay)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait({stop_waiter}, timeout=self.reconnect_delay.delay)
+            finally:
+                stop_waiter.cancel()
             self.reconnect_delay.failed()
 
     async def run_backend(self) -> None:
