@@ -2,7 +2,7 @@
 
 Source: /work/shared/protocols/pyopticon.md.  ``protocol`` encodes requests, frames and classifies replies
 without any I/O; ``client`` holds :class:`OpticonClient`, the coroutine version of pyopticon's
-``PyOpticonSocketClient``.  The KATCP mapping (``OpticonDevice``) will live in ``device``.
+``PyOpticonSocketClient``; ``device`` holds :class:`OpticonDevice`, the dashboard as a virtual KATCP device.
 """
 
 from katclient.devices.opticon.client import (
@@ -12,6 +12,12 @@ from katclient.devices.opticon.client import (
     DEFAULT_TIMEOUT,
     MAX_QUEUED_REQUESTS,
     OpticonClient,
+)
+from katclient.devices.opticon.device import (
+    OpticonConfig,
+    OpticonDevice,
+    load_config,
+    parse_config,
 )
 from katclient.devices.opticon.protocol import (
     DEFAULT_PORT,
@@ -27,6 +33,10 @@ from katclient.devices.opticon.protocol import (
 
 __all__ = [
     "OpticonClient",
+    "OpticonDevice",
+    "OpticonConfig",
+    "load_config",
+    "parse_config",
     "DEFAULT",
     "DEFAULT_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
