@@ -282,12 +282,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--watch", type=float, metavar="SECONDS", help="then stream sensor updates for SECONDS")
     p.add_argument("--sensors", type=int, default=20, help="sensors of the embedded demo device")
+    _option_argument(p)
 
     p = sub.add_parser("request", help="send one request and print the informs and the reply")
     p.add_argument("target")
     p.add_argument("name")
     p.add_argument("args", nargs="*")
     p.add_argument("--timeout", type=float, default=None, help="seconds (default: the device's hint, else 5)")
+    _option_argument(p)
 
     p = sub.add_parser("demo", help="start the fake KATCP device in-process and inspect it")
     p.add_argument("--sensors", type=int, default=20)
@@ -299,20 +301,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("target")
     p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on (default: %(default)s)")
     p.add_argument("--enable-eval", action="store_true", help="PyOpticon: allow dashboard-eval/dashboard-exec")
+    _option_argument(p)
     return parser
+
+
+def _option_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a virtual device option, e.g. -o poll_period=0.2 or -o config=fields.json (repeatable)",
+    )
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in getattr(args, "option", []):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"bad option {item!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_")] = value
+    return options
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     if args.command in ("inspect", "demo"):
         target = getattr(args, "target", None)
-        ctx = _demo_device(args.sensors) if target is None else open_target(target)
+        ctx = _demo_device(args.sensors) if target is None else open_target(target, **_options(args))
         async with ctx as address:
             return await _inspect(address, args.timeout, args.json, args.watch, out)
     if args.command == "request":
-        async with open_target(args.target) as address:
+        async with open_target(args.target, **_options(args)) as address:
             return await _request(address, args.name, args.args, args.timeout, out)
     if args.command == "bridge":
-        options = {"enable_eval": True} if args.enable_eval else {}
+        options = _options(args)
+        if args.enable_eval:
+            options["enable_eval"] = True
         return await _bridge(args.target, args.listen, out, options)
     raise CliError(f"unknown command {args.command}")  # pragma: no cover - argparse prevents it
 

@@ -85,6 +85,8 @@ async def open_target(target: str, **options: Any) -> AsyncIterator[tuple[str, i
     """
     scheme, host, port = split_target(target)
     if scheme == "katcp":
+        if options:
+            raise InvalidUsage(f"a katcp:// target takes no options (got {', '.join(options)})")
         yield host, port
         return
     device = create_virtual_device(scheme, host, port, **options)

@@ -123,3 +123,15 @@ def test_main_in_process_with_output_stream(capsys: pytest.CaptureFixture[str]) 
 
     assert main(["request", "127.0.0.1:1", "watchdog"]) == 2
     assert "could not connect" in capsys.readouterr().err
+
+
+def test_device_options_reach_virtual_devices_and_are_checked(scan_server) -> None:
+    result = katclient("inspect", scan_server.target, "--json", "-o", "poll_period=0.2")
+    assert result.returncode == 0, result.stderr
+    assert any(s["name"] == "server.connected" and s["value"] is True for s in json.loads(result.stdout)["sensors"])
+    bad = katclient("inspect", scan_server.target, "-o", "poll_period=fast")
+    assert bad.returncode == 2 and "poll_period" in bad.stderr
+    katcp = katclient("request", "127.0.0.1:1", "watchdog", "-o", "x=1")
+    assert katcp.returncode == 2 and "takes no options" in katcp.stderr
+    malformed = katclient("request", scan_server.target, "server-info", "-o", "novalue")
+    assert malformed.returncode == 2 and "KEY=VALUE" in malformed.stderr

@@ -123,3 +123,18 @@ async def test_virtual_device_follows_its_backend() -> None:
 async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
     while not predicate():
         await asyncio.sleep(0.005)
+
+
+def test_from_target_converts_cli_option_strings() -> None:
+    class Opts(VirtualDevice):
+        def __init__(self, host: str, port: int, *, rate: float = 1.0, count: int = 1, flag: bool = False,
+                     **kw: object) -> None:
+            super().__init__(host, port, **kw)  # type: ignore[arg-type]
+            self.rate, self.count, self.flag = rate, count, flag
+
+    dev = Opts.from_target("h", 1, rate="0.25", count="3", flag="true")
+    assert (dev.rate, dev.count, dev.flag) == (0.25, 3, True)
+    with pytest.raises(InvalidUsage, match="rate"):
+        Opts.from_target("h", 1, rate="fast")
+    with pytest.raises(InvalidUsage, match="flag"):
+        Opts.from_target("h", 1, flag="perhaps")

@@ -23,8 +23,10 @@ What every virtual device shares, and so lives here:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
+import typing
 from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
@@ -188,8 +190,14 @@ class VirtualDevice(DeviceServer):
     def from_target(
         cls, host: str, port: int, *, listen_host: str = "127.0.0.1", listen_port: int = 0, **options: Any
     ) -> VirtualDevice:
-        """Build the device for a TARGET's host and port (used by :mod:`katclient.targets`)."""
-        return cls(host, port, listen_host=listen_host, listen_port=listen_port, **options)
+        """Build the device for a TARGET's host and port (used by :mod:`katclient.targets`).
+
+        String option values (from ``katclient ... -o KEY=VALUE``) are converted to the
+        ``int``, ``float`` or ``bool`` their constructor parameter is annotated with.
+
+        :raises InvalidUsage: for an unknown option or a value that does not convert.
+        """
+        return cls(host, port, listen_host=listen_host, listen_port=listen_port, **_typed_options(cls, options))
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -295,6 +303,32 @@ class VirtualDevice(DeviceServer):
             if sensor.status is not Status.UNREACHABLE:
                 reading = sensor.reading
                 sensor.set_reading(Reading(self.clock(), Status.UNREACHABLE, reading.value))
+
+
+def _typed_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    init = vars(cls).get("__init__") or next(vars(c)["__init__"] for c in cls.__mro__ if "__init__" in vars(c))
+    hints = typing.get_type_hints(init)
+    params = inspect.signature(init).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in params and not takes_any:
+            raise InvalidUsage(f"{cls.__name__} has no option {key!r}")
+        hint = str(hints.get(key, ""))
+        if isinstance(value, str):
+            try:
+                if "bool" in hint:
+                    if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(value)
+                    value = value.lower() in ("1", "true", "yes")
+                elif "float" in hint:
+                    value = float(value)
+                elif "int" in hint:
+                    value = int(value)
+            except ValueError:
+                raise InvalidUsage(f"option {key}={value!r}: expected {hint}") from None
+        out[key] = value
+    return out
 
 
 def _same_shape(a: Sensor, b: Sensor) -> bool:
