@@ -6,8 +6,9 @@ Source: protocols/scrutiny.md.  Layers, bottom up:
 * :mod:`.model`, :mod:`.datatypes`, :mod:`.events` - typed messages, results and events;
 * :mod:`.client` - :class:`ScrutinyClient`, the Tornado I/O layer.
 
-The KATCP mapping (``ScrutinyDevice``) builds on these.  The client names are imported lazily,
-so importing the codec does not import Tornado.
+The KATCP mapping (:class:`~katclient.devices.scrutiny.device.ScrutinyDevice`, in :mod:`.device`)
+builds on these.  The client and the device are imported lazily, so importing the codec does not
+import Tornado.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -87,6 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover - the I/O layer is imported lazily, see __
         StreamFactory,
         Subscription,
     )
+    from katclient.devices.scrutiny.device import ScrutinyDevice
 
 _CLIENT_NAMES = frozenset(
     {
@@ -110,10 +112,16 @@ def __getattr__(name: str) -> Any:
         from katclient.devices.scrutiny import client
 
         return getattr(client, name)
+    if name == "ScrutinyDevice":  # the KATCP mapping (imports the KATCP server): also lazy
+        from katclient.devices.scrutiny import device
+
+        return device.ScrutinyDevice
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
+    # KATCP mapping
+    "ScrutinyDevice",
     # client
     "ScrutinyClient",
     "DataloggingRequest",
