@@ -76,6 +76,7 @@ from katclient.errors import (
     OperationFailure,
 )
 from katclient.protocol import Message, ProtocolFlags, Reading, Status
+from katclient.protocol.sensors import ReadingView
 from katclient.targets import open_target, split_target
 
 __all__ = [
@@ -505,7 +506,7 @@ class PendingRequest:
 
 
 # ====================================================================== model objects
-class BlockingSensor:
+class BlockingSensor(ReadingView):
     """A sensor of the device, safe to use from any thread.
 
     Its reading is a copy kept current by the I/O thread; listeners run in the
@@ -580,24 +581,6 @@ class BlockingSensor:
             self._cond.notify_all()
 
     # -- user side -------------------------------------------------------------------------
-    @property
-    def reading(self) -> Reading:
-        """The latest :class:`~katclient.protocol.Reading` ``(timestamp, status, value)``."""
-        return self._reading
-
-    @property
-    def value(self) -> Any:
-        return self._reading[2]
-
-    @property
-    def status(self) -> Status:
-        return self._reading[1]
-
-    @property
-    def timestamp(self) -> float:
-        """Seconds since the epoch (0.0 before the first reading)."""
-        return self._reading[0]
-
     def add_listener(self, listener: Callable[[BlockingSensor, Reading], Any]) -> None:
         """Call ``listener(sensor, reading)`` for every new reading, in the listener thread."""
         with self._cond:

@@ -702,7 +702,7 @@ class InspectingClientAsync:
                         except ValueError:
                             slow(line)
                             continue
-                        sensor.reading = reading
+                        sensor._reading = reading
                         observers = sensor._observers
                         if observers is not None:
                             for observer in observers:

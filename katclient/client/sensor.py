@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from katclient.protocol import STATUS_FROM_WIRE, Reading, SensorType, Status, sensor_type
-from katclient.protocol.sensors import decode_timestamp
+from katclient.protocol.sensors import ReadingView, decode_timestamp
 
 __all__ = ["Sensor", "RequestType", "Observer"]
 
@@ -43,7 +43,7 @@ class RequestType(NamedTuple):
     timeout_hint: float | None = None
 
 
-class Sensor:
+class Sensor(ReadingView):
     """A mirrored sensor: metadata from ``#sensor-list`` plus the latest reading.
 
     :param name: sensor name.
@@ -54,7 +54,7 @@ class Sensor:
         discrete), as returned by :meth:`SensorType.parse_params`.
     """
 
-    __slots__ = ("name", "type", "description", "units", "params", "reading", "_observers", "__weakref__")
+    __slots__ = ("name", "type", "description", "units", "params", "_reading", "_observers", "__weakref__")
 
     def __init__(
         self,
@@ -69,25 +69,8 @@ class Sensor:
         self.description = description
         self.units = units
         self.params = tuple(params)
-        #: The latest :class:`~katclient.protocol.Reading` (timestamp seconds, status, value).
-        self.reading = Reading(0.0, _UNKNOWN, self.type.default)
+        self._reading = Reading(0.0, _UNKNOWN, self.type.default)
         self._observers: tuple[Observer, ...] | None = None
-
-    # -- reading access ----------------------------------------------------------------
-    @property
-    def value(self) -> Any:
-        """The value of the latest reading."""
-        return self.reading[2]
-
-    @property
-    def status(self) -> Status:
-        """The :class:`~katclient.protocol.Status` of the latest reading."""
-        return self.reading[1]
-
-    @property
-    def timestamp(self) -> float:
-        """The latest reading's timestamp in seconds since the epoch (0.0 before any reading)."""
-        return self.reading[0]
 
     @property
     def sensor_type(self) -> str:
@@ -114,7 +97,7 @@ class Sensor:
 
     def set(self, reading: Reading) -> None:
         """Store a reading and notify observers (an observer's exception is logged, not raised)."""
-        self.reading = reading
+        self._reading = reading
         if self._observers is not None:
             self._notify(reading)
 

@@ -24,6 +24,7 @@ __all__ = [
     "Status",
     "STATUS_FROM_WIRE",
     "Reading",
+    "ReadingView",
     "Address",
     "Lru",
     "SensorType",
@@ -74,6 +75,37 @@ class Reading(NamedTuple):
     timestamp: float
     status: Status
     value: Any
+
+
+class ReadingView:
+    """Mixin: ``reading``, ``value``, ``status`` and ``timestamp`` from ``self._reading``.
+
+    Shared by the server's sensors, the client's mirrored sensors and the blocking
+    facade's sensors, which each keep one :class:`Reading` in ``_reading``.
+    """
+
+    __slots__ = ()
+    _reading: Reading
+
+    @property
+    def reading(self) -> Reading:
+        """The current :class:`Reading` ``(timestamp, status, value)``."""
+        return self._reading
+
+    @property
+    def value(self) -> Any:
+        """The value of the current reading."""
+        return self._reading[2]
+
+    @property
+    def status(self) -> Status:
+        """The :class:`Status` of the current reading."""
+        return self._reading[1]
+
+    @property
+    def timestamp(self) -> float:
+        """The current reading's time, float seconds since the epoch (0.0 before any reading)."""
+        return self._reading[0]
 
 
 class Address(NamedTuple):

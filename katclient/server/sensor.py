@@ -28,6 +28,7 @@ from katclient.protocol import (
     escape,
     sensor_type,
 )
+from katclient.protocol.sensors import ReadingView
 
 __all__ = ["Sensor", "SensorSet", "SensorObserver", "SENSOR_NAME_RE"]
 
@@ -55,7 +56,7 @@ _KINDS: Final = {"float": _KIND_FLOAT, "integer": _KIND_INT, "boolean": _KIND_IN
 _NATIVE: Final[dict[str, type]] = {"float": float, "integer": int, "boolean": bool, "string": str}
 
 
-class Sensor:
+class Sensor(ReadingView):
     """A KATCP sensor published by a :class:`~katclient.server.DeviceServer`.
 
     :param stype: a :class:`~katclient.protocol.SensorType` or its wire name
@@ -150,24 +151,6 @@ class Sensor:
         return self._params
 
     # -- the current reading -----------------------------------------------------------
-    @property
-    def reading(self) -> Reading:
-        """The current :class:`~katclient.protocol.Reading` (timestamp s, status, value)."""
-        return self._reading
-
-    @property
-    def value(self) -> Any:
-        return self._reading[2]
-
-    @property
-    def status(self) -> Status:
-        return self._reading[1]
-
-    @property
-    def timestamp(self) -> float:
-        """Time of the current reading, float seconds since the epoch."""
-        return self._reading[0]
-
     def _check(self, value: Any) -> Any:
         return self._type.check_value(value, self._params)
 
