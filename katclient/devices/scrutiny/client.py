@@ -1191,10 +1191,17 @@ class ScrutinyClient:
     async def unsubscribe(self, paths: Iterable[str], *, timeout: Timeout = DEFAULT) -> None:
         """Stop updates of ``paths`` (unknown or inactive paths are just forgotten).
 
+        A path that a :meth:`read_value` is waiting on stays subscribed until that read ends.
+
         :raises ScrutinyError: when the server refuses (the paths are forgotten anyway).
         """
         active = []
         for path in dict.fromkeys(paths):
+            sub = self._subs.get(path)
+            if sub is not None and self._value_waiters.get(path):
+                # A read_value is waiting on this subscription: let it end it when done.
+                sub.temporary = True
+                continue
             sub = self._subs.pop(path, None)
             self._latest.pop(path, None)
             if sub is not None and sub.server_id is not None:
