@@ -26,9 +26,12 @@ setup(
             # The real PyOpticon socket client, tested against our fake dashboard
             # (its socket_client.py is loaded by path: no Tk needed).
             "pyopticon>=0.2",
+            # The manual is built (warning-free) by the test suite: its examples are tests too.
+            "sphinx>=7",
         ],
         "bench": ["aiokatcp>=2.0", "psutil>=5"],
-        "doc": ["sphinx>=7", "sphinx-rtd-theme>=1"],
+        # autodoc imports katclient.testing, which needs pytest.
+        "doc": ["sphinx>=7", "pytest>=7"],
         "lint": ["ruff>=0.4", "mypy>=1.8"],
     },
     entry_points={
