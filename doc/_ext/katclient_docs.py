@@ -19,8 +19,7 @@ Events
     A reference to a re-exported name (``katclient.InspectingClientAsync``,
     ``katclient.protocol.Message``) resolves to the object's documented home.
 ``autodoc-process-docstring``
-    Repairs two reStructuredText slips found in docstrings (see :data:`DOCSTRING_REPAIRS` and
-    :func:`repair_field_lists`) so that they do not fail the ``-W`` build.
+    Shows the docstrings of ``request_<name>`` handlers verbatim: they are ``?help`` text.
 """
 
 from __future__ import annotations
@@ -554,35 +553,6 @@ def resolve_reexport(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any:
 # Docstring repairs
 # ----------------------------------------------------------------------------------------------
 
-#: Exact text replacements for reStructuredText that docutils cannot parse, e.g. an inline
-#: literal that ends in a space (the closing ``\`\``` must follow a non-space character).
-DOCSTRING_REPAIRS: dict[str, str] = {
-    "``Error: ``": '``"Error: "``',
-}
-
-
-_FIELD_MARKER = re.compile(r":[^:`\s][^:`]*:(\s|$)")
-
-
-def repair_field_lists(lines: list[str]) -> None:
-    """Insert the blank line docutils wants between a field list and unindented text after it."""
-    i = 0
-    field_indent: int | None = None
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.lstrip()
-        indent = len(line) - len(stripped)
-        if not stripped:
-            field_indent = None
-        elif _FIELD_MARKER.match(stripped):
-            field_indent = indent
-        elif field_indent is not None and indent <= field_indent:
-            lines.insert(i, "")
-            field_indent = None
-            i += 1
-        i += 1
-
-
 def help_text_as_literal(lines: list[str]) -> None:
     """Show a KATCP request handler's docstring verbatim: it is ``?help`` text, not reStructuredText.
 
@@ -601,12 +571,6 @@ def process_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any,
     if what == "method" and name.rsplit(".", 1)[-1].startswith("request_"):
         help_text_as_literal(lines)
         return
-    for i, line in enumerate(lines):
-        for bad, good in DOCSTRING_REPAIRS.items():
-            if bad in line:
-                line = line.replace(bad, good)
-        lines[i] = line
-    repair_field_lists(lines)
 
 
 def setup(app: Sphinx) -> dict[str, Any]:

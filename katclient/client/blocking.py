@@ -232,6 +232,7 @@ class IOThread:
         :raises KatclientTimeoutError: no result in time (``coro`` is cancelled).
         :raises KatclientConnectionError: the loop stopped before ``coro`` ended.
         :raises InvalidUsage: called from the I/O thread (it would deadlock).
+
         Other exceptions of ``coro`` propagate unchanged.
         """
         if self.in_thread():
@@ -829,6 +830,7 @@ class BlockingClient:
         :raises InvalidUsage: already connected, a malformed target, or bad options.
         :raises KatclientConnectionError: the first connection attempt failed (e.g. refused).
         :raises KatclientTimeoutError: not connected (or synced) within ``timeout``.
+
         Once connected, the client reconnects by itself after a loss until :meth:`disconnect`.
         """
         self._check_caller()

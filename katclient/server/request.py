@@ -62,6 +62,7 @@ def timeout_hint(seconds: float) -> Callable[[_F], _F]:
 
     :param seconds: how long a client should wait for the reply, float seconds (> 0).
     :raises InvalidUsage: for a non-positive hint.
+
     Source: katcp.md 1.3 and 1.8 (protocol flag ``T``).
     """
     hint = float(seconds)

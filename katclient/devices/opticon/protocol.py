@@ -33,7 +33,7 @@ reply that is merely slow.  Probing after a quiet period resolves it in one roun
 timeout.  The residual risk is a dashboard so slow to *read* the first request that it is still unread when
 the probe arrives; the two then share one ``recv`` and the dashboard drops the connection ("Extra data",
 section 1.1).  That surfaces as a connection error, never as a wrong value.  A value or eval result that
-itself begins with ``Error: `` cannot be told from a failure (section 1.3) and is reported as one.
+itself begins with ``"Error: "`` cannot be told from a failure (section 1.3) and is reported as one.
 """
 
 from __future__ import annotations
@@ -169,8 +169,9 @@ class DashboardError(OperationFailure):
     """The dashboard answered ``Error: <text>`` (section 1.3).
 
     :ivar command: the JSON ``cmd`` that failed (``Get``, ``Set``, ...).
-    :ivar reason: the dashboard's text after ``Error: `` (for a missing widget, ``'Nope'``).
+    :ivar reason: the dashboard's text after ``"Error: "`` (for a missing widget, ``'Nope'``).
     :ivar reply: the whole reply text.
+
     ``str()`` gives ``In <cmd>, Error: <text>``, the message of the seed client's ``'exception'`` mode.
     """
 

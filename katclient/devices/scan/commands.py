@@ -1037,8 +1037,11 @@ class CommandSequence:
         return root
 
     def to_xml(self) -> str:
-        """:returns: the ``<commands>`` document as text: no declaration, two-space indentation
-        (the layout PyScanClient sends, protocols/scan-server.md 3.8)."""
+        """The ``<commands>`` document as text.
+
+        :returns: no declaration, two-space indentation (the layout PyScanClient sends,
+            protocols/scan-server.md 3.8).
+        """
         root = self.to_element()
         ET.indent(root, "  ")
         # ElementTree leaves CR raw in text, and an XML parser would turn it into LF: escape it.
