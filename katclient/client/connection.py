@@ -61,7 +61,7 @@ ReplyAndInforms = tuple[Message, list[Message]]
 
 
 class _Pending:
-    __slots__ = ("name", "mid", "on_wire_mid", "future", "informs", "timer")
+    __slots__ = ("name", "mid", "on_wire_mid", "future", "informs", "timer", "raw_head")
 
     def __init__(self, name: str, mid: int, on_wire_mid: bool, future: asyncio.Future[ReplyAndInforms]) -> None:
         self.name = name
@@ -70,6 +70,7 @@ class _Pending:
         self.future = future
         self.informs: list[Message] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.raw_head: bytes | None = None
 
 
 class Connection:
@@ -118,6 +119,8 @@ class Connection:
         self._by_mid: dict[int, _Pending] = {}
         self._by_name: dict[str, collections.deque[_Pending]] = {}
         self._next_mid = 1
+        # Inform head (b"#name[mid]") -> request keeping its informs as raw lines (raw_informs).
+        self._raw: dict[bytes, _Pending] = {}
         self._closed = False
         self.close_reason: BaseException | None = None
         stream.max_write_buffer_size = MAX_WRITE_BUFFER
@@ -149,6 +152,7 @@ class Connection:
         timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         use_mid: bool | None = None,
         mid: int | None = None,
+        raw_informs: bool = False,
     ) -> ReplyAndInforms:
         """Send ``?name args`` and wait for its reply.
 
@@ -158,6 +162,9 @@ class Connection:
         :param use_mid: put a message id on the wire; ``None`` means "when the device has
             flag ``I``" (katcp.md 1.2).
         :param mid: a specific message id (implies ``use_mid``); it must not be in flight.
+        :param raw_informs: with a mid on the wire, keep this request's informs as their raw
+            ``bytes`` lines (split them with :func:`~katclient.protocol.parser.split_arguments`):
+            inspection of 10,000 sensors then builds no ``Message`` per inform.
         :returns: ``(reply, informs)``; the reply may be ``ok``, ``fail`` or ``invalid``.
         :raises KatclientTimeoutError: no reply within ``timeout`` seconds (a late reply is dropped).
         :raises KatclientConnectionError: not connected, or the connection closed before the reply.
@@ -178,6 +185,9 @@ class Connection:
         self._by_mid[mid] = pending
         if not use_mid:
             self._by_name.setdefault(name, collections.deque()).append(pending)
+        elif raw_informs:
+            pending.raw_head = b"#%s[%d]" % (name.encode("ascii"), mid)
+            self._raw[pending.raw_head] = pending
         if timeout is not None:
             pending.timer = loop.call_later(timeout, self._expire, pending, timeout)
         try:
@@ -193,6 +203,8 @@ class Connection:
 
     def _forget(self, pending: _Pending) -> None:
         self._by_mid.pop(pending.mid, None)
+        if pending.raw_head is not None:
+            self._raw.pop(pending.raw_head, None)
         if not pending.on_wire_mid:
             queue = self._by_name.get(pending.name)
             if queue is not None:
@@ -244,6 +256,12 @@ class Connection:
         if type(line) is not bytes:
             logger.warning("%s: %s; line discarded", self._peer(), line)
             return
+        if self._raw and line[0] == 35:  # b"#"
+            pending = self._raw.get(line[: line.find(b" ")])
+            if pending is not None:
+                if len(pending.informs) < MAX_INFORMS_PER_REQUEST:
+                    pending.informs.append(line)  # type: ignore[arg-type]
+                return
         try:
             msg = parse_line(line)
         except KatcpSyntaxError as exc:
@@ -361,6 +379,7 @@ class Connection:
         pendings = list(self._by_mid.values())
         self._by_mid.clear()
         self._by_name.clear()
+        self._raw.clear()
         for pending in pendings:
             if pending.timer is not None:
                 pending.timer.cancel()

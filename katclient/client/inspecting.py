@@ -49,6 +49,7 @@ from katclient.client.state import (
 )
 from katclient.client.timeouts import DEFAULT, Timeout
 from katclient.protocol import (
+    SENSOR_TYPES,
     STATUS_FROM_WIRE,
     V4,
     FailReply,
@@ -66,7 +67,8 @@ from katclient.protocol import (
     parse_sampling,
     sensor_type,
 )
-from katclient.protocol.parser import DEFAULT_MAX_LINE_LENGTH
+from katclient.protocol.errors import KatcpSyntaxError
+from katclient.protocol.parser import DEFAULT_MAX_LINE_LENGTH, split_arguments
 
 __all__ = [
     "InspectingClientAsync",
@@ -243,7 +245,6 @@ class InspectingClientAsync:
         self._conn: Connection | None = None
         self._requests: dict[str, Any] = {}
         self._request_info: dict[str, RequestType] = {}
-        self._sensor_info: dict[str, _SensorInfo] = {}
         self._sensors: dict[str, Any] = {}
         self._sensors_b: dict[bytes, Any] = {}
         self._samplings: dict[str, Sampling] = {}
@@ -891,23 +892,36 @@ class InspectingClientAsync:
 
     async def _fetch_sensors(self, conn: Connection, name: str | None, deadline: float) -> dict[str, _SensorInfo]:
         args = () if name is None else (name,)
-        reply, informs = await conn.request("sensor-list", *args, timeout=self._remaining(deadline))
+        reply, informs = await conn.request(
+            "sensor-list", *args, timeout=self._remaining(deadline), raw_informs=True
+        )
         if not reply.reply_ok():
             reason = _reason(reply)
             if name is not None and _UNKNOWN_SENSOR_RE.search(reason):
                 return {}
             raise SyncError(f"?sensor-list failed: {reason}")
         found: dict[str, _SensorInfo] = {}
+        type_names = _TYPE_NAMES
         for inform in informs:
-            a = inform[3]
-            if inform[1] != "sensor-list" or len(a) < 4:
+            if isinstance(inform, bytes):
+                # A mid-tagged inform kept as its raw line (Connection.request(raw_informs=True)).
+                try:
+                    a = split_arguments(inform)
+                except KatcpSyntaxError as exc:
+                    self._logger.warning("%s:%s malformed #sensor-list ignored: %s", self.host, self.port, exc)
+                    continue
+            else:
+                if inform[1] != "sensor-list":
+                    continue
+                a = inform[3]
+            if len(a) < 4:
                 continue
             sname = a[0].decode("utf-8", "replace")
             found[sname] = (
                 a[1].decode("utf-8", "replace"),
                 a[2].decode("utf-8", "replace"),
-                a[3].decode("ascii", "replace"),
-                tuple(a[4:]),
+                type_names.get(a[3]) or a[3].decode("ascii", "replace"),
+                tuple(a[4:]) if len(a) > 4 else (),
             )
         return found
 
@@ -926,46 +940,63 @@ class InspectingClientAsync:
         return Changes(frozenset(added | modified), frozenset(removed | modified))
 
     def _commit_sensors(self, new: dict[str, _SensorInfo], name: str | None) -> Changes:
-        old = self._sensor_info
-        scope = set(old) if name is None else ({name} & set(old))
-        added: set[str] = set()
-        modified: set[str] = set()
-        removed = {n for n in scope if n not in new}
+        # The sensor objects are the model (no _SensorInfo kept per sensor, to save memory);
+        # type parsing is cached per (type, params), so 10,000 float sensors parse one type.
+        sensors = self._sensors
+        if name is None:
+            removed = {n for n in sensors if n not in new}
+        else:
+            removed = {name} if name in sensors and name not in new else set()
         for n in removed:
-            del old[n]
             self._drop_sensor(n)
-        for n, info in new.items():
-            prev = old.get(n)
-            if prev == info:
-                continue
-            obj = self._build_sensor(n, info, self._sensors.get(n))
-            if obj is None:
+        added: list[str] = []
+        modified: list[str] = []
+        parsed_types: dict[tuple[str, tuple[bytes, ...]], Any] = {}
+        applied = self._applied
+        missing = object()
+        for n, (description, units, type_name, raw_params) in new.items():
+            key = (type_name, raw_params)
+            parsed = parsed_types.get(key)
+            if parsed is None:
+                try:
+                    stype = sensor_type(type_name)
+                    parsed = (stype, tuple(stype.parse_params(raw_params)))
+                except (InvalidUsage, ValueError) as exc:
+                    parsed = exc
+                parsed_types[key] = parsed
+            prev = sensors.get(n)
+            if type(parsed) is not tuple:
+                self._logger.warning("%s:%s sensor %s skipped: %s", self.host, self.port, n, parsed)
                 if prev is not None:
-                    del old[n]
                     self._drop_sensor(n)
                     removed.add(n)
                 continue
-            old[n] = info
-            (added if prev is None else modified).add(n)
-            self._applied.pop(n, None)
-        return Changes(frozenset(added | modified), frozenset(removed | modified))
+            stype, params = parsed
+            if (
+                prev is not None
+                and getattr(prev, "type", missing) is stype
+                and getattr(prev, "description", missing) == description
+                and getattr(prev, "units", missing) == units
+                and getattr(prev, "params", missing) == params
+            ):
+                continue
+            self._build_sensor(n, description, units, stype, params, prev)
+            (added if prev is None else modified).append(n)
+            applied.pop(n, None)
+        changed = frozenset(added).union(modified)
+        return Changes(changed, frozenset(removed).union(modified))
 
     def _drop_sensor(self, name: str) -> None:
         self._sensors.pop(name, None)
         self._sensors_b.pop(name.encode("utf-8"), None)
         self._applied.pop(name, None)
 
-    def _build_sensor(self, name: str, info: _SensorInfo, previous: Any) -> Any:
-        description, units, type_name, raw_params = info
-        try:
-            stype = sensor_type(type_name)
-            params = stype.parse_params(raw_params)
-        except (InvalidUsage, ValueError) as exc:
-            self._logger.warning("%s:%s sensor %s skipped: %s", self.host, self.port, name, exc)
-            return None
+    def _build_sensor(
+        self, name: str, description: str, units: str, stype: Any, params: tuple[Any, ...], previous: Any
+    ) -> Any:
         if previous is not None and getattr(previous, "type", None) is stype:
             # Same type: keep the object (users hold references), refresh its metadata.
-            previous.description, previous.units, previous.params = description, units, tuple(params)
+            previous.description, previous.units, previous.params = description, units, params
             return previous
         obj = self.sensor_factory(
             name=name, sensor_type=stype, description=description, units=units, params=params
@@ -1012,7 +1043,13 @@ class InspectingClientAsync:
 
     async def _subscribe(self, conn: Connection) -> None:
         groups: dict[Sampling, list[str]] = {}
-        for name in self._sensors:
+        applied = self._applied
+        if not self._samplings:  # everyone wants the default: one group, no per-sensor lookups
+            want = self.sampling_for("")
+            todo = [n for n in self._sensors if applied.get(n) != want]
+            if todo:
+                groups[want or Sampling(Strategy.NONE)] = todo
+        for name in () if not self._samplings else self._sensors:
             want = self.sampling_for(name)
             have = self._applied.get(name)
             if want == have or (want is None and have is None):
@@ -1087,7 +1124,7 @@ class InspectingClientAsync:
         see the change (katcp.md 2.9 item 8).
         """
         await self.until_data_synced()
-        if name in self._sensor_info:
+        if name in self._sensors:
             return True
         if update is False or not self.is_connected():
             return False
@@ -1095,7 +1132,7 @@ class InspectingClientAsync:
         found = await self._fetch_sensors(conn, name, asyncio.get_running_loop().time() + self.sync_timeout)
         if name in found:
             await self._resync_now()
-        return name in self._sensor_info
+        return name in self._sensors
 
     async def future_check_request(self, name: str, update: bool | None = None) -> bool:
         """True if the device has request ``name`` (as :meth:`future_check_sensor`)."""
@@ -1130,6 +1167,10 @@ class InspectingClientAsync:
         if self._state.synced:
             await self.until_not_synced(self.sync_timeout)
         await self.until_synced(self.sync_timeout)
+
+
+#: Wire type name -> interned ``str`` (one string shared by every sensor of a type).
+_TYPE_NAMES: Final = {name.encode("ascii"): name for name in SENSOR_TYPES}
 
 
 def _without_traceback(exc: BaseException) -> BaseException:

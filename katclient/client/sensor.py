@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 Observer = Callable[["Sensor", Reading], None]
 
 _UNKNOWN = Status.UNKNOWN
+_INITIAL: dict[SensorType, Reading] = {}
 
 
 class RequestType(NamedTuple):
@@ -65,11 +66,16 @@ class Sensor(ReadingView):
         params: Sequence[Any] = (),
     ) -> None:
         self.name = name
-        self.type: SensorType = _lookup_type(sensor_type)
+        stype = sensor_type if type(sensor_type) is SensorType else _lookup_type(sensor_type)
+        self.type: SensorType = stype
         self.description = description
         self.units = units
-        self.params = tuple(params)
-        self._reading = Reading(0.0, _UNKNOWN, self.type.default)
+        self.params = params if type(params) is tuple else tuple(params)
+        # One shared (immutable) "no reading yet" per type: 10k sensors need not hold 10k copies.
+        initial = _INITIAL.get(stype)
+        if initial is None:
+            initial = _INITIAL[stype] = Reading(0.0, _UNKNOWN, stype.default)
+        self._reading = initial
         self._observers: tuple[Observer, ...] | None = None
 
     @property
