@@ -106,3 +106,18 @@ async def test_timeout_then_late_reply_dropped(srv: ScriptedServer) -> None:
     reply, _ = await conn.request("watchdog")
     assert reply.arguments == (b"ok",)
     conn.close()
+
+
+async def test_bad_mid_name_or_argument_is_refused_before_sending(srv: ScriptedServer) -> None:
+    from katclient.protocol import InvalidUsage
+
+    conn = await open_conn(srv, [], protocol=ProtocolFlags.parse("5.0-IM"))
+    for kwargs, args in (({"mid": 0}, ()), ({"mid": MAX_MID + 1}, ()), ({}, (object(),))):
+        with pytest.raises(InvalidUsage):
+            await conn.request("watchdog", *args, **kwargs)
+    with pytest.raises(InvalidUsage):
+        await conn.request("bad name")
+    assert conn.pending_count == 0
+    reply, _ = await conn.request("watchdog", mid=MAX_MID)
+    assert reply.mid == MAX_MID
+    conn.close()

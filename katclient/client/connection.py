@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -27,6 +28,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from katclient.protocol import (
     MAX_MID,
     V4,
+    InvalidUsage,
     KatclientConnectionError,
     KatclientTimeoutError,
     KatcpSyntaxError,
@@ -35,7 +37,8 @@ from katclient.protocol import (
     Parser,
     ProtocolError,
     ProtocolFlags,
-    format_message,
+    encode_argument,
+    escape,
     parse_line,
 )
 from katclient.protocol.parser import DEFAULT_MAX_LINE_LENGTH
@@ -61,7 +64,7 @@ ReplyAndInforms = tuple[Message, list[Message]]
 
 
 class _Pending:
-    __slots__ = ("name", "mid", "on_wire_mid", "future", "informs", "timer", "raw_head")
+    __slots__ = ("name", "mid", "on_wire_mid", "future", "informs", "raw_head", "deadline")
 
     def __init__(self, name: str, mid: int, on_wire_mid: bool, future: asyncio.Future[ReplyAndInforms]) -> None:
         self.name = name
@@ -69,8 +72,8 @@ class _Pending:
         self.on_wire_mid = on_wire_mid
         self.future = future
         self.informs: list[Message] = []
-        self.timer: asyncio.TimerHandle | None = None
         self.raw_head: bytes | None = None
+        self.deadline = 0.0
 
 
 class Connection:
@@ -121,6 +124,10 @@ class Connection:
         self._next_mid = 1
         # Inform head (b"#name[mid]") -> request keeping its informs as raw lines (raw_informs).
         self._raw: dict[bytes, _Pending] = {}
+        self._deadlines: list[tuple[float, int, float]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._heads: dict[str, bytes] = {}
         self._closed = False
         self.close_reason: BaseException | None = None
         stream.max_write_buffer_size = MAX_WRITE_BUFFER
@@ -176,9 +183,21 @@ class Connection:
             use_mid = mid is not None or (self.protocol is not None and self.protocol.message_ids)
         if mid is None:
             mid = self._allocate_mid()
+        elif type(mid) is not int or not 1 <= mid <= MAX_MID:
+            raise InvalidUsage(f"message id must be an int in 1..{MAX_MID}, got {mid!r}")
         elif mid in self._by_mid:
             raise KatclientConnectionError(f"message id {mid} is already in flight")
-        msg = Message(MessageType.REQUEST, name, *args, mid=mid if use_mid else None)
+        head = self._heads.get(name)
+        if head is None:
+            Message(MessageType.REQUEST, name)  # validates the name once
+            head = self._heads[name] = b"?" + name.encode("ascii")
+        if use_mid:
+            line = b"%s[%d]" % (head, mid)
+        else:
+            line = head
+        if args:
+            line = b" ".join([line, *[escape(a if type(a) is bytes else encode_argument(a)) for a in args]])
+        line += b"\n"
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ReplyAndInforms] = loop.create_future()
         pending = _Pending(name, mid, use_mid, future)
@@ -189,9 +208,19 @@ class Connection:
             pending.raw_head = b"#%s[%d]" % (name.encode("ascii"), mid)
             self._raw[pending.raw_head] = pending
         if timeout is not None:
-            pending.timer = loop.call_later(timeout, self._expire, pending, timeout)
+            # One timer per connection (the earliest deadline), not one per request.
+            deadline = loop.time() + timeout
+            pending.deadline = deadline
+            heapq.heappush(self._deadlines, (deadline, mid, timeout))  # numbers only: no reply kept alive
+            if len(self._deadlines) > 2 * len(self._by_mid) + 1024:
+                self._compact_deadlines()
+            if self._timer is None or deadline < self._timer_at:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer_at = deadline
+                self._timer = loop.call_at(deadline, self._sweep)
         try:
-            self.stream.write(format_message(msg))
+            self.stream.write(line)
         except StreamClosedError as exc:
             self._forget(pending)
             raise KatclientConnectionError(f"connection lost sending ?{name}") from exc
@@ -214,12 +243,30 @@ class Connection:
                     pass
                 if not queue:
                     del self._by_name[pending.name]
-        if pending.timer is not None:
-            pending.timer.cancel()
-            pending.timer = None
+
+    def _compact_deadlines(self) -> None:
+        """Drop the heap entries of answered requests (bounded: at most 2x the requests in flight)."""
+        by_mid = self._by_mid
+        live = [e for e in self._deadlines if (p := by_mid.get(e[1])) is not None and p.deadline == e[0]]
+        heapq.heapify(live)
+        self._deadlines = live
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        heap = self._deadlines
+        by_mid = self._by_mid
+        while heap and heap[0][0] <= now:
+            deadline, mid, timeout = heapq.heappop(heap)
+            pending = by_mid.get(mid)
+            if pending is not None and pending.deadline == deadline and not pending.future.done():
+                self._expire(pending, timeout)
+        if heap:
+            self._timer_at = heap[0][0]
+            self._timer = loop.call_at(self._timer_at, self._sweep)
 
     def _expire(self, pending: _Pending, timeout: float) -> None:
-        pending.timer = None
         self._forget(pending)
         if not pending.future.done():
             pending.future.set_exception(
@@ -256,6 +303,8 @@ class Connection:
         if type(line) is not bytes:
             logger.warning("%s: %s; line discarded", self._peer(), line)
             return
+        if line[0] == 33 and self._fast_reply(line):  # b"!"
+            return
         if self._raw and line[0] == 35:  # b"#"
             pending = self._raw.get(line[: line.find(b" ")])
             if pending is not None:
@@ -268,6 +317,31 @@ class Connection:
             logger.warning("%s: malformed line ignored: %s", self._peer(), exc)
             return
         self._dispatch(msg)
+
+    def _fast_reply(self, line: bytes) -> bool:
+        """Match a plain ``!name[mid] args`` reply without the general parser.
+
+        Only lines with no escape (92), tab (9), NUL or ESC, single spaces and a digits-only
+        mid of a pending request take this path; everything else returns ``False``.
+        """
+        if 92 in line or 9 in line or 0 in line or 27 in line:
+            return False
+        head, _, rest = line.partition(b" ")
+        lb = head.find(b"[")
+        if lb < 2 or head[-1] != 93 or not head[lb + 1 : -1].isdigit():  # 93: "]"
+            return False
+        pending = self._by_mid.get(int(head[lb + 1 : -1]))
+        if (
+            pending is None
+            or not pending.on_wire_mid
+            or pending.name.encode("ascii") != head[1:lb]
+            or b"  " in rest
+            or rest.endswith(b" ")
+        ):
+            return False
+        args = tuple(rest.split(b" ")) if rest else ()
+        self._handle_reply(Message._make(MessageType.REPLY, pending.name, pending.mid, args))
+        return True
 
     def _peer(self) -> str:
         if self.address is None:
@@ -380,9 +454,11 @@ class Connection:
         self._by_mid.clear()
         self._by_name.clear()
         self._raw.clear()
+        self._deadlines.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for pending in pendings:
-            if pending.timer is not None:
-                pending.timer.cancel()
             if not pending.future.done():
                 exc = KatclientConnectionError(f"connection lost while waiting for !{pending.name}")
                 exc.__cause__ = error
