@@ -128,6 +128,7 @@ class Connection:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._heads: dict[str, bytes] = {}
+        self._out: list[bytes] = []
         self._closed = False
         self.close_reason: BaseException | None = None
         stream.max_write_buffer_size = MAX_WRITE_BUFFER
@@ -220,7 +221,13 @@ class Connection:
                 self._timer_at = deadline
                 self._timer = loop.call_at(deadline, self._sweep)
         try:
-            self.stream.write(line)
+            if len(self._by_mid) <= 1 and not self._out:
+                self.stream.write(line)  # a lone request: no added latency
+            else:
+                # Others are in flight: join this loop iteration's requests into one send().
+                if not self._out:
+                    loop.call_soon(self._flush)
+                self._out.append(line)
         except StreamClosedError as exc:
             self._forget(pending)
             raise KatclientConnectionError(f"connection lost sending ?{name}") from exc
@@ -243,6 +250,18 @@ class Connection:
                     pass
                 if not queue:
                     del self._by_name[pending.name]
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out or self._closed:
+            out.clear()
+            return
+        data = b"".join(out)
+        out.clear()
+        try:
+            self.stream.write(data)
+        except Exception as exc:  # closed or over the bound: the pending requests fail
+            self.close(exc)
 
     def _compact_deadlines(self) -> None:
         """Drop the heap entries of answered requests (bounded: at most 2x the requests in flight)."""
