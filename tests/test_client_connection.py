@@ -121,3 +121,20 @@ async def test_bad_mid_name_or_argument_is_refused_before_sending(srv: ScriptedS
     reply, _ = await conn.request("watchdog", mid=MAX_MID)
     assert reply.mid == MAX_MID
     conn.close()
+
+
+@pytest.mark.parametrize("protocol", ["5.0-IM", "5.0-M"])
+async def test_request_batch_pipelines_and_keeps_order(srv: ScriptedServer, protocol: str) -> None:
+    from katclient.protocol import InvalidUsage
+
+    for i in range(50):
+        srv.add_sensor(f"s{i}")
+    conn = await open_conn(srv, [], protocol=ProtocolFlags.parse(protocol))
+    names = [f"s{i}" for i in range(50)] + ["missing"]
+    replies = await conn.request_batch("sensor-sampling", [(n, "auto") for n in names])
+    assert [r.arguments[:2] for r in replies[:-1]] == [(b"ok", n.encode()) for n in names[:-1]]
+    assert replies[-1].code == b"fail"
+    with pytest.raises(InvalidUsage):
+        await conn.request_batch("watchdog", [(), (object(),)])
+    assert conn.pending_count == 0
+    conn.close()

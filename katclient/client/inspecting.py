@@ -88,8 +88,9 @@ StreamFactory = Callable[[str, int], Awaitable[IOStream]]
 #: Bytes of sensor names per bulk ``?sensor-sampling`` line; well under the parser
 #: limits of katclient (2 MiB) and katcp-python (2 MiB) servers.
 BULK_SAMPLING_CHUNK: Final = 256 * 1024
-#: Individual ``?sensor-sampling`` requests in flight at once when bulk is unavailable.
-SAMPLING_WINDOW: Final = 256
+#: Individual ``?sensor-sampling`` requests per pipelined write when bulk is unavailable:
+#: about 200 KB of requests, well inside the connection's 4 MiB write bound.
+SAMPLING_BATCH: Final = 4096
 
 _UNKNOWN_REQUEST_RE: Final = re.compile(r"unknown request", re.I)
 _UNKNOWN_SENSOR_RE: Final = re.compile(r"unknown sensor", re.I)
@@ -1103,17 +1104,17 @@ class InspectingClientAsync:
     async def _single_sampling(
         self, conn: Connection, names: list[str], wire: tuple[bytes, ...], deadline: float
     ) -> None:
-        window = asyncio.Semaphore(SAMPLING_WINDOW)
-
-        async def one(n: str) -> None:
-            async with window:
-                reply, _ = await conn.request("sensor-sampling", n, *wire, timeout=self._remaining(deadline))
-            if not reply.reply_ok():
-                self._logger.warning(
-                    "%s:%s ?sensor-sampling %s failed: %s", self.host, self.port, n, _reason(reply)
-                )
-
-        await asyncio.gather(*(one(n) for n in names))
+        # Pipelined batches: one write each, no task or future per request.
+        for start in range(0, len(names), SAMPLING_BATCH):
+            chunk = names[start : start + SAMPLING_BATCH]
+            replies = await conn.request_batch(
+                "sensor-sampling", [(n, *wire) for n in chunk], timeout=self._remaining(deadline)
+            )
+            for n, reply in zip(chunk, replies):
+                if not reply.reply_ok():
+                    self._logger.warning(
+                        "%s:%s ?sensor-sampling %s failed: %s", self.host, self.port, n, _reason(reply)
+                    )
 
     # ------------------------------------------------------------------ lookups (seed API)
     async def future_check_sensor(self, name: str, update: bool | None = None) -> bool:
