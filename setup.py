@@ -26,6 +26,8 @@ setup(
             # The real PyOpticon socket client, tested against our fake dashboard
             # (its socket_client.py is loaded by path: no Tk needed).
             "pyopticon>=0.2",
+            # The console facade is tested inside an IPython session (top-level await).
+            "ipython>=8",
             # The manual is built (warning-free) by the test suite: its examples are tests too.
             "sphinx>=7",
         ],
