@@ -138,3 +138,13 @@ async def test_request_batch_pipelines_and_keeps_order(srv: ScriptedServer, prot
         await conn.request_batch("watchdog", [(), (object(),)])
     assert conn.pending_count == 0
     conn.close()
+
+
+async def test_request_head_cache_is_bounded(srv: ScriptedServer) -> None:
+    from katclient.client.connection import MAX_CACHED_HEADS
+
+    conn = await open_conn(srv, [], protocol=ProtocolFlags.parse("5.0-IM"))
+    replies = await asyncio.gather(*(conn.request(f"no-such-{i}") for i in range(MAX_CACHED_HEADS + 10)))
+    assert all(reply.code == b"invalid" for reply, _ in replies)
+    assert len(conn._heads) <= MAX_CACHED_HEADS
+    conn.close()

@@ -58,6 +58,9 @@ READ_CHUNK: Final = 256 * 1024
 MAX_WRITE_BUFFER: Final = 4 * 1024 * 1024
 #: Chunks smaller than this (bytes) trigger the :attr:`Connection.coalesce_delay` pause.
 COALESCE_BELOW: Final = 16 * 1024
+#: Request names whose validated ``?name`` head is cached (a caller inventing names without
+#: end only empties the cache now and then).
+MAX_CACHED_HEADS: Final = 1024
 #: Most informs kept for one request: ``?sensor-list`` of a 100k-sensor device fits;
 #: a device that streams informs for ever cannot exhaust memory.
 MAX_INFORMS_PER_REQUEST: Final = 1_000_000
@@ -230,38 +233,17 @@ class Connection:
             raise InvalidUsage(f"message id must be an int in 1..{MAX_MID}, got {mid!r}")
         elif mid in self._by_mid:
             raise KatclientConnectionError(f"message id {mid} is already in flight")
-        head = self._heads.get(name)
-        if head is None:
-            Message(MessageType.REQUEST, name)  # validates the name once
-            head = self._heads[name] = b"?" + name.encode("ascii")
-        if use_mid:
-            line = b"%s[%d]" % (head, mid)
-        else:
-            line = head
-        if args:
-            line = b" ".join([line, *[escape(a if type(a) is bytes else encode_argument(a)) for a in args]])
-        line += b"\n"
+        head = self._head(name)
+        tail = self._tail(args)
+        line = (b"%s[%d]%s\n" % (head, mid, tail)) if use_mid else head + tail + b"\n"
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ReplyAndInforms] = loop.create_future()
-        pending = _Pending(name, mid, use_mid, future)
-        self._by_mid[mid] = pending
-        if not use_mid:
-            self._by_name.setdefault(name, collections.deque()).append(pending)
-        elif raw_informs:
+        pending = self._add_pending(name, mid, use_mid, future)
+        if use_mid and raw_informs:
             pending.raw_head = b"#%s[%d]" % (name.encode("ascii"), mid)
             self._raw[pending.raw_head] = pending
         if timeout is not None:
-            # One timer per connection (the earliest deadline), not one per request.
-            deadline = loop.time() + timeout
-            pending.deadline = deadline
-            heapq.heappush(self._deadlines, (deadline, mid, timeout))  # numbers only: no reply kept alive
-            if len(self._deadlines) > 2 * len(self._by_mid) + 1024:
-                self._compact_deadlines()
-            if self._timer is None or deadline < self._timer_at:
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._timer_at = deadline
-                self._timer = loop.call_at(deadline, self._sweep)
+            self._arm_deadline(pending, loop.time() + timeout, timeout, loop)
         try:
             if len(self._by_mid) <= 1 and not self._out:
                 self.stream.write(line)  # a lone request: no added latency
@@ -301,30 +283,17 @@ class Connection:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Message]] = loop.create_future()
         batch = _Batch(len(arg_lists), future)
-        Message(MessageType.REQUEST, name)  # validates the name
-        head = b"?" + name.encode("ascii")
+        head = self._head(name)
         # Encode every argument first: a bad one raises before anything is registered or sent.
-        tails = [b"".join([b" " + escape(a if type(a) is bytes else encode_argument(a)) for a in args])
-                 for args in arg_lists]
+        tails = [self._tail(args) for args in arg_lists]
         lines = []
         deadline = None if timeout is None else loop.time() + timeout
         for i, tail in enumerate(tails):
             mid = self._allocate_mid()
-            pending = _Pending(name, mid, use_mid, _BatchSlot(batch, i))  # type: ignore[arg-type]
-            self._by_mid[mid] = pending
-            if use_mid:
-                lines.append(b"%s[%d]%s" % (head, mid, tail))
-            else:
-                self._by_name.setdefault(name, collections.deque()).append(pending)
-                lines.append(head + tail)
+            pending = self._add_pending(name, mid, use_mid, _BatchSlot(batch, i))
+            lines.append((b"%s[%d]%s" % (head, mid, tail)) if use_mid else head + tail)
             if deadline is not None and timeout is not None:
-                pending.deadline = deadline
-                heapq.heappush(self._deadlines, (deadline, mid, timeout))
-        if deadline is not None and (self._timer is None or deadline < self._timer_at):
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = loop.call_at(deadline, self._sweep)
+                self._arm_deadline(pending, deadline, timeout, loop)
         lines.append(b"")
         try:
             self.stream.write(b"\n".join(lines))
@@ -332,6 +301,42 @@ class Connection:
             self.close(exc)
             raise KatclientConnectionError(f"cannot send ?{name}: {exc}") from exc
         return await future
+
+    def _head(self, name: str) -> bytes:
+        """``b"?name"``, validated and cached per name (the cache is bounded)."""
+        head = self._heads.get(name)
+        if head is None:
+            Message(MessageType.REQUEST, name)  # raises InvalidUsage for a bad name
+            if len(self._heads) >= MAX_CACHED_HEADS:
+                self._heads.clear()
+            head = self._heads[name] = b"?" + name.encode("ascii")
+        return head
+
+    @staticmethod
+    def _tail(args: tuple[Any, ...]) -> bytes:
+        """The escaped arguments, each preceded by a space (empty without arguments)."""
+        return b"".join([b" " + escape(a if type(a) is bytes else encode_argument(a)) for a in args])
+
+    def _add_pending(self, name: str, mid: int, use_mid: bool, future: Any) -> _Pending:
+        pending = _Pending(name, mid, use_mid, future)
+        self._by_mid[mid] = pending
+        if not use_mid:
+            self._by_name.setdefault(name, collections.deque()).append(pending)
+        return pending
+
+    def _arm_deadline(
+        self, pending: _Pending, deadline: float, timeout: float, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Record ``pending``'s deadline; one timer per connection fires at the earliest one."""
+        pending.deadline = deadline
+        heapq.heappush(self._deadlines, (deadline, pending.mid, timeout))  # numbers only: no reply kept alive
+        if len(self._deadlines) > 2 * len(self._by_mid) + 1024:
+            self._compact_deadlines()
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._sweep)
 
     def _forget(self, pending: _Pending) -> None:
         self._by_mid.pop(pending.mid, None)

@@ -465,11 +465,11 @@ class InspectingClientAsync:
                 self._cb_queue.put_nowait(result)
 
     async def _run_callbacks(self) -> None:
-        assert_queue = self._cb_queue
-        if assert_queue is None:
+        queue = self._cb_queue
+        if queue is None:
             return
         while True:
-            awaitable = await assert_queue.get()
+            awaitable = await queue.get()
             try:
                 await awaitable
             except asyncio.CancelledError:
@@ -1050,17 +1050,12 @@ class InspectingClientAsync:
     async def _subscribe(self, conn: Connection) -> None:
         groups: dict[Sampling, list[str]] = {}
         applied = self._applied
-        if not self._samplings:  # everyone wants the default: one group, no per-sensor lookups
-            want = self.sampling_for("")
-            todo = [n for n in self._sensors if applied.get(n) != want]
-            if todo:
-                groups[want or Sampling(Strategy.NONE)] = todo
-        for name in () if not self._samplings else self._sensors:
-            want = self.sampling_for(name)
-            have = self._applied.get(name)
-            if want == have or (want is None and have is None):
-                continue
-            groups.setdefault(want or Sampling(Strategy.NONE), []).append(name)
+        per_sensor = bool(self._samplings)  # else everyone wants the default: no per-sensor lookups
+        default = self.sampling_for("")
+        for name in self._sensors:
+            want = self.sampling_for(name) if per_sensor else default
+            if want != applied.get(name):
+                groups.setdefault(want or Sampling(Strategy.NONE), []).append(name)
         if not groups:
             return
         deadline = asyncio.get_running_loop().time() + self.sync_timeout
