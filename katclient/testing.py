@@ -14,7 +14,8 @@ Installed with katclient (entry point ``pytest11``), so any project that does
     A :class:`katclient.BlockingClient` connected and synced to a target: the marker
     ``@pytest.mark.inspecting_client(target="HOST:PORT")``, else a fresh ``katcp_device``.
 
-Every fake runs in its own event loop in a background thread, so the fixtures work in
+Every fake runs in its own event loop in a background thread (an
+:class:`~katclient.client.blocking.IOThread`), so the fixtures work in
 plain (synchronous) tests and in ``async def`` tests alike, and a test's own loop is
 never shared with the fake.  Example::
 
@@ -33,12 +34,13 @@ never shared with the fake.  Example::
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from katclient.client.blocking import IOThread
+from katclient.errors import KatclientError
 
 __all__ = ["RunningFake", "start_fake"]
 
@@ -66,10 +68,9 @@ class RunningFake:
 
     def __init__(self, factory: Callable[[], Any], scheme: str) -> None:
         self.scheme = scheme
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"katclient-fake-{scheme}", daemon=True)
-        self._thread.start()
         self.fake: Any = None
+        self._io = IOThread(f"katclient-fake-{scheme}")
+        self._io.start()
 
         async def start() -> tuple[str, int]:
             self.fake = factory()
@@ -77,13 +78,10 @@ class RunningFake:
             return address
 
         try:
-            self.host, self.port = self._run(start())
+            self.host, self.port = self._io.run(start(), FAKE_START_TIMEOUT)
         except BaseException:
-            self._shutdown_loop()
+            self._io.stop(FAKE_START_TIMEOUT)
             raise
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(FAKE_START_TIMEOUT)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -103,7 +101,7 @@ class RunningFake:
     def call(self, func: Callable[..., Any], *args: Any, timeout: float | None = FAKE_START_TIMEOUT) -> Any:
         """Run ``func(*args)`` in the fake's loop thread and return its result (awaited if a coroutine).
 
-        :raises concurrent.futures.TimeoutError: after ``timeout`` seconds.
+        :raises KatclientTimeoutError: after ``timeout`` seconds.
         """
 
         async def run() -> Any:
@@ -112,34 +110,19 @@ class RunningFake:
                 result = await result
             return result
 
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+        return self._io.run(run(), timeout)
 
     def stop(self) -> None:
         """Stop the fake and its thread (idempotent)."""
-        if not self._thread.is_alive():
+        if not self._io.running:
             return
         try:
             if self.fake is not None:
-                self._run(self.fake.stop())
-        except (concurrent.futures.TimeoutError, RuntimeError):
-            pass
+                self._io.run(self.fake.stop(), FAKE_START_TIMEOUT)
+        except KatclientError:
+            pass  # the thread is stopped below either way; leftover tasks are cancelled
         finally:
-            self._shutdown_loop()
-
-    def _shutdown_loop(self) -> None:
-        async def cancel_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        try:
-            asyncio.run_coroutine_threadsafe(cancel_rest(), self._loop).result(FAKE_START_TIMEOUT)
-        except Exception:
-            pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(FAKE_START_TIMEOUT)
-        self._loop.close()
+            self._io.stop(FAKE_START_TIMEOUT)
 
     def __repr__(self) -> str:
         return f"<RunningFake {self.target}>"

@@ -1,18 +1,10 @@
 """Shared test configuration."""
 
-import logging
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(autouse=True)
-def _quiet_tornado_access_log():
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
-    yield
-
 
 PEERS = Path(__file__).resolve().parent / "peers"
 
