@@ -138,3 +138,20 @@ def test_from_target_converts_cli_option_strings() -> None:
         Opts.from_target("h", 1, rate="fast")
     with pytest.raises(InvalidUsage, match="flag"):
         Opts.from_target("h", 1, flag="perhaps")
+
+
+async def test_start_waits_for_the_first_backend_attempt() -> None:
+    backend = FakeBackend()
+    dev = Toy(backend, startup_wait=5.0)
+    try:
+        await dev.start()
+        assert dev.backend_ready.is_set() and "v.one" in dev.sensors  # model there when start returns
+    finally:
+        await dev.stop()
+    backend.fail = True
+    down = Toy(backend, startup_wait=5.0)
+    try:
+        await down.start()  # a failed first attempt ends the wait at once
+        assert not down.backend_ready.is_set() and down.last_backend_error is not None
+    finally:
+        await down.stop()

@@ -150,6 +150,9 @@ class VirtualDevice(DeviceServer):
     :param listen_host: KATCP listen address (loopback by default, DESIGN.md 5).
     :param listen_port: KATCP port; 0 picks a free one.
     :param reconnect_delay: backoff between backend connection attempts.
+    :param startup_wait: seconds :meth:`start` waits for the first backend attempt to end (the
+        model current, or the attempt failed), so that clients connecting right after start see
+        the backend's model; 0 does not wait.
     :param server_options: passed to :class:`~katclient.server.DeviceServer`.
     """
 
@@ -169,9 +172,13 @@ class VirtualDevice(DeviceServer):
         listen_host: str = "127.0.0.1",
         listen_port: int = 0,
         reconnect_delay: ExponentialRandomBackoff | None = None,
+        startup_wait: float = 0.0,
         **server_options: Any,
     ) -> None:
+        if not startup_wait >= 0:
+            raise InvalidUsage(f"startup_wait must be >= 0 seconds, got {startup_wait!r}")
         super().__init__(listen_host, listen_port, **server_options)
+        self.startup_wait = float(startup_wait)
         self.backend_host = backend_host
         self.backend_port = int(backend_port)
         self.reconnect_delay = reconnect_delay or ExponentialRandomBackoff(0.5, 10.0, 2.0, 0.5)
@@ -179,6 +186,8 @@ class VirtualDevice(DeviceServer):
         self._backend_stop: asyncio.Event | None = None
         #: Set while the backend is connected and the model is current.
         self.backend_ready: asyncio.Event = asyncio.Event()
+        #: Set once the first :meth:`run_backend` ended (however it ended).
+        self._first_attempt_ended = asyncio.Event()
         self.last_backend_error: BaseException | None = None
 
     @property
@@ -201,14 +210,33 @@ class VirtualDevice(DeviceServer):
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
-        """Listen for KATCP clients and start following the backend.
+        """Listen for KATCP clients, start following the backend, and wait up to
+        :attr:`startup_wait` seconds for the first backend attempt to end.
 
         :returns: the KATCP ``(host, port)``.
         """
         address = await super().start()
         self._backend_stop = asyncio.Event()
         self._backend_task = asyncio.get_running_loop().create_task(self._backend_loop())
+        if self.startup_wait > 0:
+            await self._wait_first_attempt(self.startup_wait)
         return address
+
+    async def _wait_first_attempt(self, timeout: float) -> None:
+        waiters = {
+            asyncio.ensure_future(self.backend_ready.wait()),
+            asyncio.ensure_future(self._first_attempt_ended.wait()),
+        }
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if not done:
+            logger.info(
+                "%s: %s:%s not ready within %g s; still trying",
+                type(self).__name__, self.backend_host, self.backend_port, timeout,
+            )
 
     async def on_stop(self) -> None:
         """End the backend task and connection (called by :meth:`DeviceServer.stop`)."""
@@ -239,6 +267,7 @@ class VirtualDevice(DeviceServer):
                 )
             else:
                 self.reconnect_delay.success()
+            self._first_attempt_ended.set()
             self.backend_ready.clear()
             self.mark_unreachable()
             try:

@@ -595,6 +595,7 @@ class OpticonDevice(VirtualDevice):
             listen_host=listen_host,
             listen_port=listen_port,
             reconnect_delay=reconnect_delay,
+            startup_wait=start_wait,
             **server_options,
         )
         if config is None or isinstance(config, OpticonConfig):
@@ -610,13 +611,11 @@ class OpticonDevice(VirtualDevice):
         self.set_timeout = float(set_timeout)
         self.connect_timeout = float(connect_timeout)
         self.keepalive = float(keepalive)
-        self.start_wait = float(start_wait)
 
         self._client: OpticonClient | None = None
         self._ready_client: OpticonClient | None = None
         self._schedule = PollSchedule()
         self._poll_wake = asyncio.Event()
-        self._first_attempt = asyncio.Event()
         self._closing = False
         self._last_poll_error = ""
         # The current model: sensor name -> spec, and the lookups requests use.
@@ -702,26 +701,6 @@ class OpticonDevice(VirtualDevice):
         self.add_request(name, lambda ctx, *args: handler(ctx, args), handler.help, timeout_hint)
 
     # -- life cycle ------------------------------------------------------------------------------------
-    async def start(self) -> tuple[str, int]:
-        """Listen for KATCP clients, start following the dashboard, and wait up to :attr:`start_wait`
-        seconds for the first connection attempt to finish, so that the first clients see the fields.
-
-        :returns: the KATCP ``(host, port)``.
-        :raises OSError: the listen address cannot be bound.
-        """
-        address = await super().start()
-        if self.start_wait > 0:
-            try:
-                await asyncio.wait_for(self._first_attempt.wait(), self.start_wait)
-            except asyncio.TimeoutError:
-                logger.info(
-                    "OpticonDevice: dashboard %s:%s not ready within %s s; still trying",
-                    self.backend_host,
-                    self.backend_port,
-                    self.start_wait,
-                )
-        return address
-
     async def run_backend(self) -> None:
         """One dashboard connection: connect, discover (or take the config's fields), read every field,
         then poll sampled fields until the connection is lost.
@@ -750,7 +729,6 @@ class OpticonDevice(VirtualDevice):
             self._set_status(CONNECTED_SENSOR, True)
             self._ready_client = client
             self.backend_ready.set()
-            self._first_attempt.set()
             logger.info(
                 "OpticonDevice: mirroring %d fields of the dashboard at %s:%s",
                 len(self._fields),
@@ -763,7 +741,6 @@ class OpticonDevice(VirtualDevice):
             raise
         finally:
             self._ready_client = None
-            self._first_attempt.set()
 
     async def on_stop(self) -> None:
         """End the backend (see VirtualDevice.on_stop).

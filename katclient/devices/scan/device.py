@@ -348,13 +348,13 @@ class ScanDevice(VirtualDevice):
             listen_host=listen_host,
             listen_port=listen_port,
             reconnect_delay=reconnect_delay,
+            startup_wait=startup_wait,
             **server_options,
         )
         if not float(poll_period) >= MIN_POLL_PERIOD:
             raise InvalidUsage(f"poll_period must be >= {MIN_POLL_PERIOD} s, got {poll_period!r}")
         self.poll_period = float(poll_period)
         self.request_timeout = request_timeout
-        self.startup_wait = float(startup_wait)
         host = backend_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 address in a URL
@@ -367,7 +367,6 @@ class ScanDevice(VirtualDevice):
         self._scan_sensors: dict[int, _ScanSensors] = {}
         self._wake = asyncio.Event()
         self._poll_event = asyncio.Event()
-        self._first_attempt = asyncio.Event()
         self._fetch_idle = asyncio.Event()  # cleared while the poll loop waits for an HTTP reply
         self._fetch_idle.set()
         self._polls_started = 0
@@ -392,19 +391,6 @@ class ScanDevice(VirtualDevice):
         add(Sensor("integer", "queue.length", "Scans waiting to start (state Idle)"))
 
     # -- life cycle --------------------------------------------------------------------------
-    async def start(self) -> tuple[str, int]:
-        """Listen for KATCP clients, start polling, and wait up to :attr:`startup_wait` seconds
-        for the first poll (or its failure), so that the first clients see the scans.
-
-        :returns: the KATCP ``(host, port)``.
-        """
-        address = await super().start()
-        try:
-            await asyncio.wait_for(self._first_attempt.wait(), self.startup_wait)
-        except asyncio.TimeoutError:
-            logger.info("ScanDevice: no answer from %s within %s s; polling on", self.url, self.startup_wait)
-        return address
-
     async def on_stop(self) -> None:
         """End polling and close the HTTP client (called by :meth:`stop`).
 
@@ -444,7 +430,6 @@ class ScanDevice(VirtualDevice):
                 self._publish("server.connected", True)
                 self._polls_done = self._polls_started
                 self.backend_ready.set()
-                self._first_attempt.set()
                 self._signal_poll()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_period)
@@ -453,7 +438,6 @@ class ScanDevice(VirtualDevice):
         finally:
             self._fetch_idle.set()
             self.backend_ready.clear()
-            self._first_attempt.set()
             self._signal_poll()
 
     async def close_backend(self) -> None:

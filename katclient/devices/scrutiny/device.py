@@ -599,6 +599,7 @@ class ScrutinyDevice(VirtualDevice):
             listen_host=listen_host,
             listen_port=listen_port,
             reconnect_delay=reconnect_delay,
+            startup_wait=startup_wait,
             **server_options,
         )
         self.default_rate = default_rate
@@ -606,7 +607,6 @@ class ScrutinyDevice(VirtualDevice):
         self.write_timeout = write_timeout
         self.status_interval = status_interval
         self.sfd_load_timeout = sfd_load_timeout
-        self.startup_wait = startup_wait
         self.snapshot_timeout = snapshot_timeout
         self._session: _Session | None = None
         self._names = NameMap(reserved=self.STATUS_SENSORS)
@@ -619,7 +619,6 @@ class ScrutinyDevice(VirtualDevice):
         self._reads: collections.Counter[str] = collections.Counter()
         self._snapshot_pending: set[str] = set()
         self._snapshot_done = asyncio.Event()
-        self._first_attempt = asyncio.Event()
         self._model_sfd: str | None = None
         self._model_event = asyncio.Event()
         self._add_status_sensors()
@@ -670,20 +669,6 @@ class ScrutinyDevice(VirtualDevice):
             raise InvalidUsage(f"Unknown watchable {name!r}: not a sensor name or a Scrutiny path") from None
 
     # -- life cycle --------------------------------------------------------------------------
-    async def start(self) -> tuple[str, int]:
-        """Listen for KATCP clients, connect to the Scrutiny server, and wait up to
-        :attr:`startup_wait` seconds for the first model (or the first failure).
-
-        :returns: the KATCP ``(host, port)``.
-        """
-        address = await super().start()
-        try:
-            await asyncio.wait_for(self._first_attempt.wait(), self.startup_wait)
-        except asyncio.TimeoutError:
-            logger.info("ScrutinyDevice: no model from %s:%s within %s s; carrying on",
-                        self.backend_host, self.backend_port, self.startup_wait)
-        return address
-
     async def run_backend(self) -> None:
         """One connection: connect, build the model, follow the server until the connection ends.
 
@@ -711,7 +696,6 @@ class ScrutinyDevice(VirtualDevice):
             session.dirty.clear()  # the first status's events: this build covers them
             await self._build_model(session)
             self.backend_ready.set()
-            self._first_attempt.set()
             loop = asyncio.get_running_loop()
             tasks = [
                 loop.create_task(self._model_loop(session), name="scrutiny-device-model"),
@@ -720,7 +704,6 @@ class ScrutinyDevice(VirtualDevice):
             await session.gone.wait()
             logger.info("ScrutinyDevice: lost %s:%s: %s", self.backend_host, self.backend_port, session.reason)
         finally:
-            self._first_attempt.set()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
